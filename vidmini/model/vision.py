@@ -20,8 +20,10 @@ class VisionTower(nn.Module):
 
     def __init__(self, config: CLIPVisionConfig, select_layer: int = -2, select_feature: str = "patch"):
         super().__init__()
-        if select_feature not in ("patch", "cls_patch"):
-            raise ValueError(f"unsupported mm_vision_select_feature {select_feature!r}")
+        if select_feature != "patch":
+            # 'cls_patch' gives 1 + 24*24 tokens; the compressor's key positions need a square grid, and the
+            # reference crashes on it too. Refuse it up front rather than fail inside the first frame.
+            raise ValueError(f"mm_vision_select_feature {select_feature!r} is not supported by LLaVA-Mini; use 'patch'")
         self.vision_tower = ClipHolder(config)
         self.select_feature = select_feature
         layers = config.num_hidden_layers
@@ -38,10 +40,10 @@ class VisionTower(nn.Module):
         return (cfg.image_size // cfg.patch_size) ** 2
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B, 3, S, S] -> features [B, P, D] (P = patches, or patches+1 with 'cls_patch')."""
+        """pixel_values [B, 3, S, S] -> patch features [B, P, D]."""
         vm = self.vision_tower.vision_model
         x = vm.pre_layrnorm(vm.embeddings(pixel_values.to(self.dtype)))  # [B, 1+P, D]
         # Only the layers up to the selected one run: hidden_states[-2] needs 23 of CLIP-L's 24 layers.
         for layer in vm.encoder.layers[: self.layers_to_run]:
             x = layer(x, None)
-        return x[:, 1:] if self.select_feature == "patch" else x  # [B, P, D]
+        return x[:, 1:]  # [B, P, D], CLS dropped

@@ -1,0 +1,35 @@
+"""Shared fixtures: paths to ../shared, a tiny random checkpoint built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VIDMINI_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+CORPUS = SHARED / "videos"
+
+
+def corpus(name: str) -> Path:
+    path = CORPUS / name
+    if not path.exists():
+        pytest.skip(f"corpus file {name} not present in {CORPUS}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from vidmini.testing.tiny_checkpoint import write_checkpoint
+
+    return Path(write_checkpoint(str(tmp_path_factory.mktemp("tiny") / "ckpt")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    import vidmini  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_checkpoint), AutoTokenizer.from_pretrained(tiny_checkpoint)

@@ -1,0 +1,86 @@
+"""The model against the reference's own outputs (../shared/fixtures/llava_mini_tiny_c1), float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES
+
+CKPT = FIXTURES / "llava_mini_tiny_c1"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference():
+    if not CKPT.exists():
+        pytest.skip("fixtures not present")
+    return dict(np.load(CKPT / "reference_io.npz"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    import vidmini  # noqa: F401  (registration is all it takes)
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(CKPT, dtype=torch.float32)
+
+
+def inputs(reference, kind):
+    ids = torch.tensor(reference["input_ids"])[None]  # [1, L]
+    pv = torch.tensor(reference[f"{kind}_pixel_values"]).reshape(-1, 3, 336, 336)  # [T, 3, 336, 336]
+    return ids, pv
+
+
+def maxdiff(a: torch.Tensor, b: np.ndarray) -> float:
+    return float(np.abs(a.detach().float().numpy() - b).max())
+
+
+def test_loads_through_auto_class_with_every_key(model):
+    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+
+    assert isinstance(model, LlavaMiniForCausalLM)
+    names = set(model.state_dict())
+    listed = {line.split()[0] for line in (CKPT / "KEYS.txt").read_text().splitlines() if line and line[0] != "#"}
+    assert names == listed  # same names as the checkpoint, nothing extra, nothing missing
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_every_stage_matches_reference(model, reference, kind):
+    from vidmini.model.prefusion import FusionLayout
+
+    ids, pv = inputs(reference, kind)
+    with torch.no_grad():
+        vision, compressed = model.encode_frames(pv)
+        assert maxdiff(compressed, reference[f"{kind}_compressed_projected"]) <= TOL
+        frame_tokens, text = model.fuse(vision, compressed, FusionLayout.build([ids[0].tolist()]))
+        assert maxdiff(frame_tokens, reference[f"{kind}_compressed_after_prefusion"]) <= TOL
+        embeds = torch.cat(model.llm_pieces(ids, pv))
+        assert embeds.shape == reference[f"{kind}_inputs_embeds"].shape
+        assert maxdiff(embeds, reference[f"{kind}_inputs_embeds"]) <= TOL
+        logits = model(input_ids=ids, pixel_values=pv).logits
+    assert logits.shape == (1, *reference[f"{kind}_logits_all"].shape)
+    assert maxdiff(logits[0], reference[f"{kind}_logits_all"]) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_greedy_tokens_and_step_logits_match(model, reference, kind):
+    from vidmini.model.generate import generate_tokens
+
+    ids, pv = inputs(reference, kind)
+    out = model.generate(input_ids=ids, pixel_values=pv, max_new_tokens=5, do_sample=False)
+    assert out.tolist() == [reference[f"{kind}_generated_ids"].tolist()]
+    steps: list[torch.Tensor] = []
+    with torch.no_grad():
+        generate_tokens(model, model.llm_pieces(ids, pv), 5, model.eos_ids(), step_logits=steps)
+    assert maxdiff(torch.stack(steps), reference[f"{kind}_generate_step_logits"]) <= TOL
+
+
+def test_clip_features_match(model, reference):
+    ids, pv = inputs(reference, "image")
+    with torch.no_grad():
+        feats = model.model.vision_tower(pv)  # [1, 576, 1024]
+    assert maxdiff(feats[:, :24], reference["image_clip_features_row0"]) <= TOL
+    assert maxdiff(feats.mean(-1), reference["image_clip_features_token_mean"]) <= TOL

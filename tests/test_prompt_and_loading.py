@@ -1,0 +1,123 @@
+"""Prompt building (docs §5.2) and loading: round trips, tower fallback, hub ids offline, quantization."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from vidmini.testing.tiny_checkpoint import build_tokenizer
+
+    return build_tokenizer()
+
+
+def test_prompt_is_the_reference_prompt(tokenizer):
+    from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids, prompt_text
+
+    text = prompt_text(tokenizer, "What colour is the ball?")
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + SYSTEM_PROMPT)
+    assert text.endswith("<|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat colour is the ball?<|eot_id|>")
+    ids = build_prompt_ids(tokenizer, "What colour is the ball?")
+    bos, eot = tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert ids[:2] == [bos, bos]  # template BOS + tokenizer BOS, as the reference CLI
+    assert ids.count(-200) == 1 and ids[-1] == eot
+    before, after = text.split("<image>")
+    assert ids[: ids.index(-200)] == tokenizer(before).input_ids
+    assert ids[ids.index(-200) + 1 :] == tokenizer(after).input_ids[1:]  # the later chunk's BOS dropped
+
+
+def test_placeholder_in_question_does_not_add_frames(tokenizer):
+    from vidmini.model.prompt import build_prompt_ids
+
+    assert build_prompt_ids(tokenizer, "is <image> here?").count(-200) == 1
+
+
+@pytest.mark.parametrize("compressor_size", [1, 2])
+def test_save_load_round_trip(tmp_path, compressor_size):
+    import vidmini  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    from vidmini.testing.tiny_checkpoint import write_checkpoint
+
+    path = write_checkpoint(str(tmp_path / "ck"), compressor_size=compressor_size, seed=5)
+    first = AutoModelForCausalLM.from_pretrained(path)
+    first.save_pretrained(tmp_path / "again")
+    second = AutoModelForCausalLM.from_pretrained(tmp_path / "again")
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert second.config.compressor_size == compressor_size
+    ids, pv = torch.tensor([[395, 9, -200, 11]]), torch.randn(2, 3, 336, 336)
+    assert torch.equal(first.generate(ids, pv, max_new_tokens=4), second.generate(ids, pv, max_new_tokens=4))
+
+
+def test_tower_loaded_from_mm_vision_tower_when_checkpoint_lacks_it(tmp_path):
+    import vidmini  # noqa: F401
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from vidmini.testing.tiny_checkpoint import write_checkpoint
+
+    path = tmp_path / "ck"
+    write_checkpoint(str(path), seed=6)
+    full = AutoModelForCausalLM.from_pretrained(path)
+    full.model.vision_tower.vision_tower.vision_model.save_pretrained(path / "clip")  # a CLIP folder of its own
+    weights = load_file(path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".vision_tower." not in k}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config.update(vision_config=None, mm_vision_tower="clip")  # relative: resolved against the checkpoint
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    ref, got = full.model.vision_tower.state_dict(), loaded.model.vision_tower.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_released_tower_config_is_known_offline():
+    from vidmini.model.loading import resolve_vision_config
+
+    config, processor = resolve_vision_config("openai/clip-vit-large-patch14-336", "ICTNLP/llava-mini-llama-3.1-8b", {})
+    assert (config["hidden_size"], config["num_hidden_layers"], config["image_size"]) == (1024, 24, 336)
+    assert processor is None
+
+
+def test_hub_id_offline_and_not_cached_says_how_to_fix(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    code = ("from vidmini.model.loading import locate_checkpoint, ModelLoadError\n"
+            "try:\n    locate_checkpoint('ICTNLP/llava-mini-llama-3.1-8b')\n"
+            "except ModelLoadError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "ICTNLP/llava-mini-llama-3.1-8b is not in the local cache and HF_HUB_OFFLINE is set" in out
+    assert "hf download ICTNLP/llava-mini-llama-3.1-8b" in out and "--model PATH" in out
+
+
+def test_missing_local_path_is_a_load_error():
+    from vidmini.model.loading import ModelLoadError, locate_checkpoint
+
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        locate_checkpoint("./no/such/model")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="8-bit loading needs CUDA and bitsandbytes")
+def test_8bit_keeps_vision_parts_full_precision(tiny_checkpoint):
+    pytest.importorskip("bitsandbytes")
+    from vidmini.model.loading import LoadOptions, load_model
+
+    model, _ = load_model(LoadOptions(model=str(tiny_checkpoint), quantize="8bit"))
+    assert model.model.compressor.attn.in_proj_weight.dtype != torch.int8
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
+
+
+def test_quantize_without_cuda_is_a_clear_error():
+    from vidmini.model.loading import ModelLoadError, quantization_config
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
+        quantization_config("8bit", torch.float16)
