@@ -33,3 +33,19 @@ def tiny_model(tiny_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_checkpoint), AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def rss_mb() -> float:
+    """Resident set size now, from /proc (what the kernel charges us)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture(scope="session")
+def three_hour_video(tmp_path_factory) -> Path:
+    """10,800 frames at 1 fps, 96x64 H.264, each frame coding its own index (vidmini.testing.videos)."""
+    from vidmini.testing.videos import make_video
+
+    return Path(make_video(str(tmp_path_factory.mktemp("long") / "3h.mp4"), 3 * 3600, fps=1.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SIZE = 336
+from vidmini.video.frames import SIZE, squash  # noqa: F401  (frames are squashed by the decoders)
 
 
 def normalization_table(mean, std) -> torch.Tensor:
@@ -22,16 +22,6 @@ def normalize(frames: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     table = table.to(frames.device)
     chw = frames.permute(0, 3, 1, 2).long()  # [B, 3, S, S]
     return torch.stack([table[c][chw[:, c]] for c in range(3)], dim=1)
-
-
-def nearest_indices(src: int, dst: int = SIZE) -> np.ndarray:
-    """Source index of each output pixel for torch's 'nearest' resize: floor(dst_i * src / dst)."""
-    return np.minimum(np.floor(np.arange(dst) * (src / dst)).astype(np.int64), src - 1)
-
-
-def squash(frame: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """[H, W, 3] uint8 -> [size, size, 3], nearest-neighbour, aspect ratio not kept (as the reference)."""
-    return frame[nearest_indices(frame.shape[0], size)][:, nearest_indices(frame.shape[1], size)]
 
 
 def process_image(image, aspect: str = "square", mean=None, size: int = SIZE) -> np.ndarray:

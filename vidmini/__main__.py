@@ -1,0 +1,5 @@
+"""`python -m vidmini` = the `vidmini` command."""
+
+from vidmini.cli import entry
+
+entry()

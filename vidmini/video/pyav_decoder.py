@@ -1,0 +1,158 @@
+"""Sequential decoding with PyAV, by presentation time.
+
+Frames come out of the decoder in presentation order; for each sampled time the frame on screen then (the last
+one with pts <= t) is kept, and only kept frames are converted to RGB. Where the file is indexed and keyframes
+are closer together than the sampling interval, the decoder jumps to the keyframe before the next sampled time
+instead of decoding everything in between. MPEG-TS is never seeked (its seeks are unreliable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from vidmini.video.frames import DecodeReport, model_frame
+from vidmini.video.plan import SamplingPlan
+from vidmini.video.probe import VideoInfo, choose_stream, open_container
+
+NO_SEEK_FORMATS = ("mpegts", "mpeg", "h264", "hevc", "ivf", "mjpeg")
+
+Item = tuple[int, np.ndarray, float]  # (plan position, [336, 336, 3] uint8, seconds from start)
+
+
+class KeyframeSpacing:
+    """Running estimate of the distance between keyframes, to decide when a seek saves work."""
+
+    def __init__(self):
+        self.last: float | None = None
+        self.gaps: list[float] = []
+
+    def see(self, time: float, key: bool) -> None:
+        if not key:
+            return
+        if self.last is not None and time > self.last:
+            self.gaps = (self.gaps + [time - self.last])[-8:]
+        self.last = time
+
+    def worth_seeking(self, distance: float) -> bool:
+        # Jumping pays off when at least two keyframes lie ahead before the target.
+        return bool(self.gaps) and distance > 2 * max(self.gaps)
+
+
+class PyAVDecoder:
+    name = "pyav"
+
+    def __init__(self, threads: int = 0, allow_seek: bool = True):
+        self.threads = threads
+        self.allow_seek = allow_seek
+
+    def frames(self, info: VideoInfo, plan: SamplingPlan, report: DecodeReport, start_at: int = 0,
+               stop_at: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[Item]:
+        container = open_container(info.path)
+        try:
+            stream = choose_stream(container, info.path)
+            stream.codec_context.thread_type = "AUTO"
+            if self.threads:
+                stream.codec_context.thread_count = self.threads
+            stop_at = len(plan) if stop_at is None else stop_at
+            if plan.mode == "reference":
+                yield from self._by_index(container, stream, info, plan, report, start_at, stop_at, should_stop)
+            else:
+                yield from self._by_time(container, stream, info, plan, report, start_at, stop_at, should_stop)
+        finally:
+            container.close()
+
+    def can_seek(self, info: VideoInfo) -> bool:
+        return self.allow_seek and not any(f in info.container.split(",") for f in NO_SEEK_FORMATS)
+
+    def _by_time(self, container, stream, info, plan, report, start_at, stop_at, should_stop) -> Iterator[Item]:
+        targets = info.start_s + plan.times_s  # absolute presentation times
+        rotation = info.rotation
+        seekable = self.can_seek(info)
+        spacing = KeyframeSpacing()
+        i = start_at
+        held = held_rgb = None
+        held_t = None
+        if start_at > 0 and seekable:
+            _seek(container, stream, targets[i])
+        while i < stop_at:
+            jumped = False
+            for frame in _decoded(container, stream, report, should_stop):
+                t = frame.time if frame.time is not None else (held_t or info.start_s)
+                if held_t is not None and t < held_t:
+                    # Decoders emit frames in display order, but some containers (AVI with B-frames) label them
+                    # with swapped timestamps; keep the clock monotonic (at most one frame off).
+                    t = held_t
+                while i < stop_at and targets[i] < t:
+                    if held is None:  # the sampled time precedes the first frame: show the first frame
+                        held, held_t, held_rgb = frame, t, None
+                    if held_rgb is None:  # convert once, however many sampled times the frame covers
+                        held_rgb = model_frame(held.to_ndarray(format="rgb24"), rotation)
+                    yield i, held_rgb, float(plan.times_s[i])
+                    i += 1
+                if frame is not held:
+                    held, held_t, held_rgb = frame, t, None
+                spacing.see(t, frame.key_frame)
+                if i < stop_at and seekable and spacing.worth_seeking(targets[i] - t):
+                    before = t
+                    _seek(container, stream, targets[i])
+                    first = next(_decoded(container, stream, report, should_stop), None)
+                    if first is None or (first.time or 0) <= before:
+                        seekable = False  # the seek went backwards: the index is useless, decode straight on
+                        _seek(container, stream, before)
+                    held, held_t, held_rgb = (first, first.time, None) if first is not None else (None, None, None)
+                    jumped = True
+                    break
+            if not jumped:
+                break
+        yield from self._tail(held, held_t, held_rgb, targets, plan, info, report, i, stop_at)
+
+    def _tail(self, held, held_t, held_rgb, targets, plan, info, report, i, stop_at) -> Iterator[Item]:
+        """Sampled times after the last frame: its own display time still counts, beyond is missing."""
+        frame_time = 1.0 / info.fps if info.fps else 0.1
+        while i < stop_at and held is not None and targets[i] < held_t + max(frame_time, 1.0 / plan.fps):
+            if held_rgb is None:
+                held_rgb = model_frame(held.to_ndarray(format="rgb24"), info.rotation)
+            yield i, held_rgb, float(plan.times_s[i])
+            i += 1
+        if i < stop_at:
+            report.missing += stop_at - i
+            t = float(plan.times_s[i])
+            report.first_missing_s = t if report.first_missing_s is None else min(report.first_missing_s, t)
+
+    def _by_index(self, container, stream, info, plan, report, start_at, stop_at, should_stop) -> Iterator[Item]:
+        wanted = plan.indices
+        i, k = start_at, 0
+        for frame in _decoded(container, stream, report, should_stop):
+            if i >= stop_at:
+                break
+            if wanted[i] == k:
+                rgb = model_frame(frame.to_ndarray(format="rgb24"), info.rotation)
+                t = (frame.time - info.start_s) if frame.time is not None else k / (info.fps or 1)
+                while i < stop_at and wanted[i] == k:  # repeated indices repeat the frame
+                    yield i, rgb, float(t)
+                    i += 1
+            k += 1
+        if i < stop_at:
+            report.missing += stop_at - i
+            report.first_missing_s = float(i)
+
+
+def _seek(container, stream, target_s: float) -> None:
+    container.seek(max(0, int(target_s / stream.time_base)), stream=stream, backward=True, any_frame=False)
+
+
+def _decoded(container, stream, report: DecodeReport, should_stop):
+    """Frames in presentation order; packets FFmpeg rejects are counted and skipped."""
+    import av
+
+    for packet in container.demux(stream):
+        if should_stop():
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            report.bad_packets += 1
+            continue
+        yield from frames

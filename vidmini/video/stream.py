@@ -1,0 +1,214 @@
+"""Frames for the model, decoded ahead in a worker thread, in bounded memory.
+
+FrameStream walks the sampling plan in order and yields FrameBatches. A worker thread decodes into a bounded
+queue (a few small batches), so decoding overlaps the model's work and never runs unboundedly ahead. Long files
+that can be seeked are decoded as time segments in parallel threads (PyAV releases the GIL while decoding), each
+segment with its own bounded queue, read back in order.
+
+`auto` picks the backend per file (see `choose_backend`) and falls back to PyAV from the first frame not yet
+delivered when the chosen one fails, stalls or disagrees with the probe.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidmini.video.decord_decoder import DecordDecoder, DecoderFailed
+from vidmini.video.decord_decoder import available as decord_available
+from vidmini.video.frames import DecodeReport, FrameBatch
+from vidmini.video.plan import SamplingPlan
+from vidmini.video.probe import VideoError, VideoInfo
+from vidmini.video.pyav_decoder import PyAVDecoder
+
+_DONE = object()
+
+
+@dataclass
+class StreamOptions:
+    decoder: str = "auto"  # auto | pyav | decord
+    batch_size: int = 8
+    queue_batches: int = 4
+    workers: int = 0  # parallel PyAV segments; 0 = as many as cores for long seekable files
+    stall_timeout_s: float = 60.0  # no decoded frame for this long (while there is room to put it) = a stall
+    min_parallel_frames: int = 64  # below this, one decoder is as fast as several
+
+
+def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str) -> tuple[str, str]:
+    """(backend, why). Measured (bench/decode.py, docs in README): PyAV's sequential decode is as fast as decord's
+    get_batch at 1 fps and reads every file decord reads, plus those it refuses; PyAV segments in parallel beat
+    both on long files. decord is used when asked for, and its failures fall back to PyAV."""
+    if requested == "pyav":
+        return "pyav", "asked for"
+    if requested == "decord":
+        if not decord_available():
+            raise VideoError("--decoder decord: decord is not installed (pip install decord; x86_64 only)")
+        return "decord", "asked for"
+    if requested != "auto":
+        raise VideoError(f"unknown decoder {requested!r}; use auto, pyav or decord")
+    if plan.mode == "reference":
+        return "pyav", "reference sampling counts frames in decode order (sequential)"
+    if _parallel_ok(info, plan, StreamOptions()):
+        return "pyav-parallel", f"long seekable file: {_workers(StreamOptions())} segments in parallel"
+    return "pyav", "sequential decode is fastest at this length" if PyAVDecoder().can_seek(info) else \
+        f"{info.container} is not seeked (unreliable), decoded sequentially"
+
+
+def _workers(options: StreamOptions) -> int:
+    return options.workers or max(1, min(8, os.cpu_count() or 1))
+
+
+def _parallel_ok(info: VideoInfo, plan: SamplingPlan, options: StreamOptions) -> bool:
+    return (plan.mode == "time" and _workers(options) > 1 and len(plan) >= options.min_parallel_frames
+            and PyAVDecoder().can_seek(info))
+
+
+class FrameStream:
+    def __init__(self, info: VideoInfo, plan: SamplingPlan, options: StreamOptions | None = None):
+        self.info, self.plan = info, plan
+        self.options = options or StreamOptions()
+        self.report = DecodeReport()
+        self.backend, self.why = choose_backend(info, plan, self.options.decoder)
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=self.options.queue_batches)
+        self._thread: threading.Thread | None = None
+        self._progress = time.monotonic()  # last time the decoder produced a frame
+
+    # ---- consumer side --------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[FrameBatch]:
+        self._thread = threading.Thread(target=self._produce, name="vidmini-decode", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                item = self._next()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def _next(self):
+        while True:
+            try:
+                return self._queue.get(timeout=0.5)
+            except queue.Empty:
+                stalled = time.monotonic() - self._progress
+                if stalled > self.options.stall_timeout_s:
+                    raise VideoError(f"{self.info.path}: decoding stalled (no frame for {stalled:.0f} s)")
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread is not None and self._thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+    # ---- producer side --------------------------------------------------------------------------------------
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                self._progress = time.monotonic()  # waiting on the consumer is not a stall
+        return False
+
+    def _produce(self) -> None:
+        try:
+            size = self.options.batch_size
+            frames, times, positions = [], [], []
+            for position, frame, t in self._items():
+                self._progress = time.monotonic()
+                frames.append(frame), times.append(t), positions.append(position)
+                if len(frames) == size:
+                    if not self._put(FrameBatch(np.stack(frames), np.array(times), np.array(positions))):
+                        return
+                    frames, times, positions = [], [], []
+            if frames:
+                self._put(FrameBatch(np.stack(frames), np.array(times), np.array(positions)))
+            if positions == [] and self.report.missing == len(self.plan):
+                raise VideoError(f"{self.info.path}: no frame of the video stream could be decoded")
+            self._put(_DONE)
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put(err)
+
+    def _items(self) -> Iterator[tuple]:
+        """(position, frame, time) in plan order, from the chosen backend, falling back to PyAV on failure."""
+        delivered = 0
+        if self.backend == "decord":
+            try:
+                for item in DecordDecoder(self.options.stall_timeout_s).frames(
+                        self.info, self.plan, self.report, should_stop=self._stop.is_set):
+                    delivered = item[0] + 1
+                    yield item
+                self.report.decoder = "decord"
+                return
+            except DecoderFailed as err:
+                if self.options.decoder == "decord":
+                    raise VideoError(f"{self.info.path}: decord failed: {err}")
+                self.report.fallbacks.append(f"decord -> pyav at frame {delivered}: {err}")
+        if self.backend == "pyav-parallel" and delivered == 0:
+            self.report.decoder = "pyav-parallel"
+            yield from self._parallel()
+            return
+        self.report.decoder = "pyav"
+        yield from PyAVDecoder().frames(self.info, self.plan, self.report, start_at=delivered,
+                                        should_stop=self._stop.is_set)
+
+    def _parallel(self) -> Iterator[tuple]:
+        """Time segments decoded by parallel threads, each into its own bounded queue, yielded in order."""
+        bounds = np.linspace(0, len(self.plan), _workers(self.options) + 1).astype(int)
+        segments = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        queues = [queue.Queue(maxsize=self.options.batch_size * self.options.queue_batches) for _ in segments]
+
+        def run(segment, out):
+            try:
+                for item in PyAVDecoder(threads=1).frames(self.info, self.plan, self.report, *segment,
+                                                          should_stop=self._stop.is_set):
+                    while not self._stop.is_set():
+                        try:
+                            out.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                out.put(_DONE)
+            except BaseException as err:
+                out.put(err)
+
+        threads = [threading.Thread(target=run, args=(s, q), daemon=True) for s, q in zip(segments, queues)]
+        for t in threads:
+            t.start()
+        for out in queues:
+            while True:
+                item = _get_unless_stopped(out, self._stop)
+                if item is _DONE or item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+
+def _get_unless_stopped(q: queue.Queue, stop: threading.Event):
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
+
+
+def decode_all(info: VideoInfo, plan: SamplingPlan, options: StreamOptions | None = None) -> tuple[np.ndarray, FrameStream]:
+    """Every sampled frame in one array (short videos and tests only). Returns (frames [N, 336, 336, 3], stream)."""
+    stream = FrameStream(info, plan, options)
+    batches = list(stream)
+    frames = np.concatenate([b.frames for b in batches]) if batches else np.zeros((0, 336, 336, 3), np.uint8)
+    return frames, stream
