@@ -127,11 +127,88 @@ def probe(
         raise typer.Exit(errors.BAD_INPUT)  # the reason is in each file's record
 
 
+ModelOpt = typer.Option("ICTNLP/llava-mini-llama-3.1-8b", "--model", envvar="VIDMINI_MODEL",
+                        help="Hugging Face Hub id or local folder of a LLaVA-Mini checkpoint.")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
+DtypeOpt = typer.Option("auto", "--dtype", help="auto (float16 on GPU, float32 on CPU) | float32 | float16 | bfloat16.")
+QuantizeOpt = typer.Option("none", "--quantize", help="none | 8bit | 4bit (bitsandbytes, CUDA). Vision parts stay full precision.")
+
+
+def _load(model: str, device: str, dtype: str, quantize: str, vision_fp32: bool):
+    from vidmini.model.loading import LoadOptions, ModelLoadError, load_model
+
+    loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32))
+    if tokenizer is None:
+        raise ModelLoadError(f"model {model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return loaded, tokenizer
+
+
+def _read_questions(questions: list[str]) -> list[str]:
+    if questions:
+        return questions
+    if sys.stdin is not None and not sys.stdin.isatty():
+        lines = [line.strip() for line in sys.stdin.read().splitlines()]
+        if any(lines):
+            return [line for line in lines if line]
+    raise errors.VidminiExit(errors.USAGE, "no question: give one after the video, or pipe questions (one a line) to stdin")
+
+
+@app.command()
+def ask(
+    video: Path = typer.Argument(..., help="A video file (or an image).", show_default=False),
+    questions: Optional[list[str]] = typer.Argument(None, help="One or more questions; read from stdin when none.",
+                                                    show_default=False),
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    quantize: str = QuantizeOpt,
+    fps: float = FpsOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    start: Optional[float] = StartOpt,
+    end: Optional[float] = EndOpt,
+    sampling: str = SamplingOpt,
+    decoder: str = DecoderOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (the reference's setting)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the decoded-frame cache."),
+    vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
+    json_out: bool = JsonOpt,
+    profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Answer QUESTIONS about VIDEO. Answers stream to stdout; progress and notes go to stderr.
+
+    Several questions share one pass over the video. Decoded frames are cached, so asking again is fast.
+    """
+    from vidmini.ask import Sampling, TextStreamer, run_ask
+    from vidmini.memory import Recorder
+    from vidmini.model.loading import pick_device
+
+    asked = _read_questions(questions or [])
+    recorder = Recorder(memory=profile_memory, device=pick_device(device))
+    with recorder.stage("load"):
+        loaded, tokenizer = _load(model, device, dtype, quantize, vision_fp32)
+    result = run_ask(
+        loaded, tokenizer, str(video), asked, model_name=model,
+        sampling=Sampling(sampling, fps, max_frames, start, end), decoder=decoder, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
+        profile_memory=profile_memory, progress=not quiet, recorder=recorder,
+        streamer=None if json_out else (lambda engine, queries: TextStreamer(engine, queries, len(queries) > 1)),
+    )
+    if json_out:
+        print(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exit_:
+        if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into a silent Exit(130)
+            print("vidmini: interrupted", file=sys.stderr)
         return exit_.exit_code
     except typer.Abort:
         print("vidmini: interrupted", file=sys.stderr)

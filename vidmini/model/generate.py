@@ -46,13 +46,26 @@ def _llm_step(model, embeds: torch.Tensor, start: int, cache: StaticCache, last_
 
 
 @torch.no_grad()
-def prefill(model, pieces: Sequence[torch.Tensor], cache: StaticCache, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Run the whole input through the LLM; return the next-token logits [V] (only the last position is computed)."""
-    start, logits = 0, None
+def prefill(model, pieces: Sequence[torch.Tensor], cache: StaticCache, chunk: int = DEFAULT_CHUNK,
+            start: int = 0) -> torch.Tensor:
+    """Run the input (placed at positions start..) through the LLM; return the next-token logits [V].
+    Only the last position of each chunk goes through lm_head: never [N, vocab] logits for a long video."""
+    logits = None
     for part in chunks(pieces, chunk):
         logits = _llm_step(model, part, start, cache, last_only=True)
         start += len(part)
     return logits[-1]
+
+
+def rewind(cache: StaticCache, length: int) -> bool:
+    """Forget everything after the first `length` positions (they are overwritten next; the causal mask hides
+    them meanwhile). Lets several questions share one prefill of [prefix | frame tokens]."""
+    layers = getattr(cache, "layers", [])
+    if not layers or not all(hasattr(layer, "cumulative_length") for layer in layers):
+        return False
+    for layer in layers:
+        layer.cumulative_length.fill_(length)
+    return True
 
 
 @torch.no_grad()
@@ -95,6 +108,21 @@ def generate_tokens(
     length = sum(len(p) for p in pieces)
     cache = new_cache(model, length + max_new_tokens)
     logits = prefill(model, pieces, cache, chunk)
+    return decode(model, logits, length, cache, max_new_tokens, eos_ids, pick, on_token, step_logits)
+
+
+def decode(
+    model,
+    logits: torch.Tensor,
+    length: int,
+    cache: StaticCache,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    pick: Callable[[torch.Tensor], int] = greedy,
+    on_token: Callable[[int], None] | None = None,
+    step_logits: list[torch.Tensor] | None = None,
+) -> list[int]:
+    """Token by token from the prefill's logits; `length` = positions already in the cache."""
     tokens: list[int] = []
     for step in range(max_new_tokens):
         if step_logits is not None:

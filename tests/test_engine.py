@@ -1,0 +1,101 @@
+"""The streaming engine against the unbatched reference-style path, on the tiny checkpoint in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import corpus
+from vidmini.engine import Engine, EngineOptions, Query
+from vidmini.model.preprocess import normalization_table, normalize
+from vidmini.video import FrameBatch, decode_all, make_plan, probe
+
+
+@pytest.fixture(scope="module")
+def frames():
+    info = probe(str(corpus("h264_long139s_768x432_intel_one_by_one_person.mp4")))
+    out, _ = decode_all(info, make_plan(info, max_frames=24))
+    return out  # [24, 336, 336, 3]
+
+
+def batches(frames, size):
+    for lo in range(0, len(frames), size):
+        hi = min(len(frames), lo + size)
+        yield FrameBatch(frames[lo:hi], np.arange(lo, hi) + 0.5, np.arange(lo, hi))
+
+
+def engine_answers(model, tok, frames, queries, batch_size=5, max_new=8):
+    engine = Engine(model, tok, EngineOptions(batch_size=batch_size, max_new_tokens=max_new))
+    encoded = engine.encode(batches(frames, 7), len(frames), queries)
+    return engine.answer(encoded, queries), engine
+
+
+def reference_answer(model, tok, frames, question, max_new=8):
+    """As the reference: all frames' pixels at once, frame-by-frame pre-fusion inside model.generate."""
+    engine = Engine(model, tok, EngineOptions(batch_size=1))
+    ids = torch.tensor([engine.prompt_ids(question)])
+    pixels = normalize(torch.from_numpy(frames), normalization_table(model.config.image_mean, model.config.image_std))
+    return model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=max_new)[0].tolist()
+
+
+def test_batched_engine_gives_the_reference_tokens(tiny_model, frames):
+    model, tok = tiny_model
+    q = "What happens in this video?"
+    ours, _ = engine_answers(model, tok, frames, [Query(q)])
+    assert ours[0] == reference_answer(model, tok, frames, q)
+    assert len(ours[0]) == 8
+
+
+def test_many_questions_in_one_pass_equal_each_alone(tiny_model, frames):
+    model, tok = tiny_model
+    questions = ["What happens in this video?", "How many people are there?", "What colour is the ball?"]
+    together, _ = engine_answers(model, tok, frames, [Query(q) for q in questions])
+    for q, answer in zip(questions, together):
+        alone, _ = engine_answers(model, tok, frames, [Query(q)])
+        assert answer == alone[0]
+
+
+def test_batch_size_does_not_change_answers(tiny_model, frames):
+    model, tok = tiny_model
+    q = [Query("Describe the scene.")]
+    assert engine_answers(model, tok, frames, q, batch_size=1)[0] == engine_answers(model, tok, frames, q, batch_size=24)[0]
+
+
+def test_chapter_queries_equal_the_chapter_alone(tiny_model, frames):
+    model, tok = tiny_model
+    q = "Summarize this part of the video."
+    answers, _ = engine_answers(model, tok, frames, [Query(q, 0, 10), Query(q, 10, None), Query(q)])
+    assert answers[0] == engine_answers(model, tok, frames[:10], [Query(q)])[0][0]
+    assert answers[1] == engine_answers(model, tok, frames[10:], [Query(q)])[0][0]
+    assert answers[2] == engine_answers(model, tok, frames, [Query(q)])[0][0]
+
+
+def test_buffer_is_written_by_index_and_kv_is_measured(tiny_model, frames):
+    model, tok = tiny_model
+    answers, engine = engine_answers(model, tok, frames, [Query("Describe the scene.")])
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert engine.measured_kv_bytes_per_token == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4
+
+
+def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
+    from vidmini.engine import OutOfMemory
+
+    model, tok = tiny_model
+    engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=2))
+    real = model.encode_frames
+    calls = []
+
+    def flaky(pv):
+        calls.append(len(pv))
+        if len(pv) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real(pv)
+
+    monkeypatch.setattr(model, "encode_frames", flaky)
+    encoded = engine.encode(batches(frames[:8], 8), 8, [Query("x")])
+    assert encoded.frames == 8 and engine.batch_size == 2 and calls[:3] == [8, 4, 2]
+    monkeypatch.setattr(model, "encode_frames", lambda pv: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    with pytest.raises(OutOfMemory):
+        engine.encode(batches(frames[:2], 2), 2, [Query("x")])

@@ -1,0 +1,267 @@
+"""The streaming engine: frames -> vision tokens in a preallocated buffer -> answers (docs/design.md, data flow).
+
+One pass over the frames serves every query. A query is a question over a range of frames (the whole video, or a
+chapter). Per batch of frames: CLIP + compressor + projector, then one pre-fusion pass with all the questions
+packed in (vidmini.model.prefusion); the per-frame tokens are written by index into the TokenBuffer and each
+query's fused prompt is summed in fp32 over the frames of its range. Then, per range, the LLM prefills
+[fused prefix | frame tokens] once and each question continues from there with its own fused suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from vidmini.memory import Recorder
+from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill, rewind
+from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
+from vidmini.model.preprocess import normalization_table, normalize
+from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
+from vidmini.video.frames import FrameBatch
+
+
+class OutOfMemory(Exception):
+    """Even the smallest batch and chunk do not fit on the device (exit code 5)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    question: str
+    start: int = 0  # first frame (in delivered order) the query sees
+    end: int | None = None  # one past the last; None = to the end
+
+    def frame_range(self, total: int) -> tuple[int, int]:
+        return self.start, total if self.end is None else min(self.end, total)
+
+
+@dataclass
+class EngineOptions:
+    batch_size: int | None = None  # frames per vision batch; None = chosen from free memory
+    chunk: int = DEFAULT_CHUNK  # LLM prefill chunk
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float | None = None
+    seed: int | None = None
+    system_prompt: str = SYSTEM_PROMPT
+
+
+class TokenBuffer:
+    """[capacity * C*C, H] on the device, allocated once; frames are written by index, never concatenated."""
+
+    def __init__(self, capacity: int, tokens_per_frame: int, hidden: int, device, dtype):
+        self.capacity, self.tokens_per_frame = capacity, tokens_per_frame
+        self.data = torch.empty(capacity * tokens_per_frame, hidden, device=device, dtype=dtype)  # [F*C², H]
+        self.count = 0
+
+    def write(self, tokens: torch.Tensor) -> None:
+        """tokens [B, C*C, H] for the next B frames."""
+        n = tokens.shape[0]
+        if self.count + n > self.capacity:
+            raise RuntimeError(f"token buffer full ({self.capacity} frames)")
+        t = self.tokens_per_frame
+        self.data[self.count * t : (self.count + n) * t] = tokens.reshape(n * t, -1)
+        self.count += n
+
+    def frames(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        end = self.count if end is None else min(end, self.count)
+        return self.data[start * self.tokens_per_frame : end * self.tokens_per_frame]  # [(end-start)*C², H]
+
+    @property
+    def bytes_per_frame(self) -> int:
+        return self.tokens_per_frame * self.data.shape[1] * self.data.element_size()
+
+
+@dataclass
+class Encoded:
+    """Everything the answers need after the pass over the frames."""
+
+    buffer: TokenBuffer
+    layout: FusionLayout
+    prompts: list[list[int]]
+    text_sums: dict[tuple[int, int | None], torch.Tensor]  # per frame range: [S_text, H] fp32
+    frame_times: list[float] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return self.buffer.count
+
+
+class Engine:
+    def __init__(self, model, tokenizer, options: EngineOptions | None = None, recorder: Recorder | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.options = options or EngineOptions()
+        self.device = model.device
+        self.dtype = model.compute_dtype
+        self.recorder = recorder or Recorder(device=str(self.device))
+        self.table = normalization_table(model.config.image_mean, model.config.image_std).to(self.device)
+        self.batch_size = self.options.batch_size or self.auto_batch_size()
+        self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
+
+    # ---- sizing -------------------------------------------------------------------------------------------
+    def working_bytes_per_frame(self, text_tokens: int = 128) -> int:
+        """Activation memory one frame needs in vision encode + pre-fusion (estimate, with headroom)."""
+        cfg = self.model.config
+        seq = self.model.vision_prefix_len + text_tokens
+        vision = self.model.model.vision_tower.vision_tower.vision_model.config
+        # live activations of one layer at a time (+ the residual stream), fp32 for CLIP at worst
+        clip = seq * (4 * vision.hidden_size + vision.intermediate_size) * 4
+        fusion = seq * (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * torch.finfo(self.dtype).bits // 8
+        return 2 * (clip + fusion)
+
+    def auto_batch_size(self) -> int:
+        if self.device.type != "cuda":
+            return 8
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(64, free * 0.5 // self.working_bytes_per_frame())))
+
+    def kv_bytes_per_token(self) -> int:
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * torch.finfo(self.dtype).bits // 8
+
+    # ---- prompts -------------------------------------------------------------------------------------------
+    def prompt_ids(self, question: str) -> list[int]:
+        return build_prompt_ids(self.tokenizer, question, self.options.system_prompt)
+
+    # ---- the pass over the frames ------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, batches: Iterable[FrameBatch], capacity: int, queries: list[Query],
+               on_batch: Callable[[FrameBatch], None] | None = None) -> Encoded:
+        questions = list(dict.fromkeys(q.question for q in queries))
+        prompts = [self.prompt_ids(q) for q in questions]
+        layout = FusionLayout.build(prompts)
+        mask = self.model.fusion_mask(layout, self.device, self.dtype)
+        cfg = self.model.config
+        buffer = TokenBuffer(capacity, self.model.tokens_per_frame, cfg.hidden_size, self.device, self.dtype)
+        ranges = list(dict.fromkeys((q.start, q.end) for q in queries))
+        sums = {r: torch.zeros(len(layout.text_ids), cfg.hidden_size, device=self.device) for r in ranges}
+        times: list[float] = []
+        for batch in self._timed(batches):
+            first = buffer.count
+            for frame_tokens, text in self._fused(batch.frames, layout, mask):
+                buffer.write(frame_tokens)
+                self._accumulate(sums, text, first, buffer.count)
+                first = buffer.count
+            times += batch.times_s.tolist()
+            if on_batch:
+                on_batch(batch)
+        return Encoded(buffer, layout, prompts, sums, times)
+
+    def _timed(self, batches: Iterable[FrameBatch]):
+        """The batches, with the wait for each recorded as the "decode" stage (decoding runs ahead in a thread:
+        this is the time the model waited on it)."""
+        iterator = iter(batches)
+        while True:
+            with self.recorder.stage("decode"):
+                batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
+
+    def _fused(self, frames, layout, mask):
+        """(frame tokens [b, C², H], text [b, S_text, H]) for the batch, in pieces small enough to fit."""
+        pixels = torch.from_numpy(frames).to(self.device)  # [B, 336, 336, 3] uint8: 4x less to move than floats
+        lo = 0
+        while lo < len(pixels):
+            size = min(self.batch_size, len(pixels) - lo)
+            try:
+                with self.recorder.stage("vision encode"):
+                    pv = normalize(pixels[lo : lo + size], self.table)  # [b, 3, 336, 336] fp32
+                    vision, compressed = self.model.encode_frames(pv)
+                with self.recorder.stage("pre-fusion"):
+                    result = self.model.fuse(vision, compressed, layout, mask)
+            except torch.OutOfMemoryError:
+                self._back_off("vision batch")
+                continue
+            yield result
+            lo += size
+
+    def _back_off(self, what: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size == 1:
+            raise OutOfMemory(f"out of device memory with a {what} of 1 frame; try --quantize 8bit or a smaller --dtype")
+        self.batch_size = max(1, self.batch_size // 2)
+
+    @staticmethod
+    def _accumulate(sums, text: torch.Tensor, first: int, end: int) -> None:
+        for (start, stop), total in sums.items():
+            lo, hi = max(start, first), min(end if stop is None else stop, end)
+            if hi > lo:
+                total += text[lo - first : hi - first].float().sum(0)
+
+    # ---- answers --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer(self, encoded: Encoded, queries: list[Query],
+               on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+        """Token ids of each query's answer, in query order. on_token(query index, token id) streams them."""
+        answers: list[list[int] | None] = [None] * len(queries)
+        by_range: dict[tuple, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_range.setdefault((q.start, q.end), []).append(i)
+        for key, members in by_range.items():
+            for i, tokens in zip(members, self._answer_range(encoded, queries, key, members, on_token)):
+                answers[i] = tokens
+        return answers
+
+    def _answer_range(self, encoded: Encoded, queries, key, members, on_token):
+        start, end = queries[members[0]].frame_range(encoded.frames)
+        count = max(1, end - start)
+        mean = encoded.text_sums[key] / count  # [S_text, H] fp32: the frames' average, as the reference
+        questions = list(dict.fromkeys(q.question for q in queries))
+        frames = encoded.buffer.frames(start, end)
+        embeds = []
+        for i in members:
+            index = questions.index(queries[i].question)
+            prompt = self.model.fused_prompt(encoded.layout, index, mean)  # [L, H]
+            at = encoded.prompts[index].index(IMAGE_TOKEN_INDEX)
+            embeds.append((prompt[:at], prompt[at + 1 :]))
+        shared = embeds[0][0]
+        same_prefix = all(torch.equal(p, shared) for p, _ in embeds)
+        pick = make_sampler(self.options.temperature, self.options.top_p, self.options.seed) \
+            if self.options.do_sample else greedy
+        max_new, eos = self.options.max_new_tokens, self.model.eos_ids()
+        shared_len = len(shared) + len(frames)
+        longest = max(len(s) for _, s in embeds)
+        cache = new_cache(self.model, shared_len + longest + max_new)
+        if same_prefix:
+            with self.recorder.stage("LLM prefill"):
+                self._prefill([shared, frames], cache, 0)
+        for i, (prefix, suffix) in zip(members, embeds):
+            with self.recorder.stage("LLM prefill"):
+                if same_prefix:
+                    rewind(cache, shared_len)
+                    logits = self._prefill([suffix], cache, shared_len)
+                else:
+                    rewind(cache, 0)
+                    logits = self._prefill([prefix, frames, suffix], cache, 0)
+            with self.recorder.stage("answer decode"):
+                emit = (lambda t, i=i: on_token(i, t)) if on_token else None
+                tokens = decode(self.model, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)
+            self._measure_cache(cache, shared_len + longest + max_new)
+            yield tokens
+
+    def _prefill(self, pieces, cache, start):
+        while True:
+            try:
+                return prefill(self.model, pieces, cache, self.options.chunk, start)
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if self.options.chunk <= 64:
+                    raise OutOfMemory("out of device memory in the LLM prefill even in chunks of 64 tokens")
+                self.options.chunk //= 2
+                rewind(cache, start)
+
+    def _measure_cache(self, cache, positions: int) -> None:
+        tensors = [t for layer in getattr(cache, "layers", []) for t in (getattr(layer, "keys", None),
+                                                                         getattr(layer, "values", None))
+                   if isinstance(t, torch.Tensor)]
+        if tensors:
+            self.measured_kv_bytes_per_token = sum(t.numel() * t.element_size() for t in tensors) // positions
+
+    def decode_text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()

@@ -1,0 +1,142 @@
+"""Where time and memory go, stage by stage.
+
+CPU: resident set size sampled by a light background thread (tracemalloc cannot see tensors). Device: the CUDA
+caching allocator's own counters (peak allocated / reserved), reset at each stage boundary. Stages can repeat
+(e.g. `vision encode` once per batch): their time adds up, their peaks are the maximum over all occurrences.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+MB = 1024 * 1024
+GIB = 1024**3
+
+
+def rss_bytes() -> int:
+    """Resident set size now (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RssSampler:
+    """Samples RSS every `interval_s` in a daemon thread; `peak_since(mark)` reads the highest value since a mark."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []  # (monotonic time, bytes); bounded by thinning, below
+        self._peak = 0
+        self._window_peak = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="vidmini-rss", daemon=True)
+
+    def start(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> int:
+        value = rss_bytes()
+        with self._lock:
+            self._peak = max(self._peak, value)
+            self._window_peak = max(self._window_peak, value)
+            self.samples.append((time.monotonic(), value))
+            if len(self.samples) > 20000:  # keep memory flat on long runs: drop every other sample
+                self.samples = self.samples[::2]
+        return value
+
+    def take_window_peak(self) -> int:
+        """Peak since the last call (and now), then start a new window."""
+        now = self.sample()
+        with self._lock:
+            peak, self._window_peak = max(self._window_peak, now), now
+        return peak
+
+    @property
+    def peak(self) -> int:
+        return max(self._peak, rss_bytes())
+
+
+@dataclass
+class StageStats:
+    seconds: float = 0.0
+    calls: int = 0
+    cpu_rss_peak: int = 0
+    device_allocated_peak: int = 0
+    device_reserved_peak: int = 0
+
+
+@dataclass
+class Recorder:
+    """Per-stage timings always; memory peaks when `memory` is on (CUDA figures only on a CUDA device)."""
+
+    memory: bool = False
+    device: str = "cpu"
+    interval_s: float = 0.05
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    timeline: list[tuple[str, float, float]] = field(default_factory=list)  # (stage, start, end), for plots
+    sampler: RssSampler | None = None
+
+    def __post_init__(self):
+        self.t0 = time.monotonic()
+        if self.memory:
+            self.sampler = RssSampler(self.interval_s).start()
+
+    @property
+    def cuda(self) -> bool:
+        return self.memory and self.device.startswith("cuda")
+
+    @contextmanager
+    def stage(self, name: str):
+        import torch
+
+        stats = self.stages.setdefault(name, StageStats())
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        if self.sampler:
+            self.sampler.take_window_peak()
+        start = time.monotonic()
+        try:
+            yield stats
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+                stats.device_allocated_peak = max(stats.device_allocated_peak, torch.cuda.max_memory_allocated())
+                stats.device_reserved_peak = max(stats.device_reserved_peak, torch.cuda.max_memory_reserved())
+            if self.sampler:
+                stats.cpu_rss_peak = max(stats.cpu_rss_peak, self.sampler.take_window_peak())
+            end = time.monotonic()
+            stats.seconds += end - start
+            stats.calls += 1
+            if len(self.timeline) < 5000 and (not self.timeline or self.timeline[-1][0] != name):
+                self.timeline.append((name, start - self.t0, end - self.t0))
+            elif self.timeline and self.timeline[-1][0] == name:
+                self.timeline[-1] = (name, self.timeline[-1][1], end - self.t0)
+
+    def timings(self) -> dict[str, float]:
+        return {name: round(s.seconds, 4) for name, s in self.stages.items()}
+
+    def close(self) -> None:
+        if self.sampler:
+            self.sampler.stop()
