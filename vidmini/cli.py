@@ -205,6 +205,8 @@ def ask(
 def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
+        if result == errors.INTERRUPTED:  # typer swallows Ctrl-C and returns 130
+            print("vidmini: interrupted", file=sys.stderr)
         return result if isinstance(result, int) else 0
     except typer.Exit as exit_:
         if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into a silent Exit(130)
