@@ -177,6 +177,9 @@ def ask(
     vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
     json_out: bool = JsonOpt,
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
+    memory_snapshot: Optional[Path] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
+    memory_plot: Optional[Path] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Answer QUESTIONS about VIDEO. Answers stream to stdout; progress and notes go to stderr.
@@ -187,17 +190,41 @@ def ask(
     from vidmini.memory import Recorder
     from vidmini.model.loading import pick_device
 
+    sampling_opts = Sampling(sampling, fps, max_frames, start, end)
+    if dry_run:
+        from vidmini.memory_report import dry_run as plan_run, print_dry_run
+
+        plan = plan_run(model, str(video), sampling_opts, dtype, quantize, device, batch_size, max_new_tokens)
+        print(json.dumps(plan)) if json_out else print_dry_run(plan)
+        return
     asked = _read_questions(questions or [])
+    if memory_plot is not None:
+        from vidmini.memory_report import check_plot_available
+
+        check_plot_available()
+        profile_memory = True
+    if memory_snapshot is not None:
+        from vidmini.memory_report import start_snapshot
+
+        start_snapshot(pick_device(device))
     recorder = Recorder(memory=profile_memory, device=pick_device(device))
     with recorder.stage("load"):
         loaded, tokenizer = _load(model, device, dtype, quantize, vision_fp32)
     result = run_ask(
         loaded, tokenizer, str(video), asked, model_name=model,
-        sampling=Sampling(sampling, fps, max_frames, start, end), decoder=decoder, batch_size=batch_size,
+        sampling=sampling_opts, decoder=decoder, batch_size=batch_size,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
         profile_memory=profile_memory, progress=not quiet, recorder=recorder,
         streamer=None if json_out else (lambda engine, queries: TextStreamer(engine, queries, len(queries) > 1)),
     )
+    if memory_plot is not None:
+        from vidmini.memory_report import write_plot
+
+        write_plot(recorder, str(memory_plot))
+    if memory_snapshot is not None:
+        from vidmini.memory_report import write_snapshot
+
+        write_snapshot(str(memory_snapshot))
     if json_out:
         print(json.dumps(result))
 

@@ -31,11 +31,12 @@ def rss_bytes() -> int:
 
 
 class RssSampler:
-    """Samples RSS every `interval_s` in a daemon thread; `peak_since(mark)` reads the highest value since a mark."""
+    """Samples RSS (and, on CUDA, allocated device memory) every `interval_s` in a daemon thread."""
 
-    def __init__(self, interval_s: float = 0.05):
+    def __init__(self, interval_s: float = 0.05, cuda: bool = False):
         self.interval_s = interval_s
-        self.samples: list[tuple[float, int]] = []  # (monotonic time, bytes); bounded by thinning, below
+        self.cuda = cuda
+        self.samples: list[tuple[float, int, int]] = []  # (monotonic time, RSS, device bytes); thinned, below
         self._peak = 0
         self._window_peak = 0
         self._stop = threading.Event()
@@ -57,10 +58,15 @@ class RssSampler:
 
     def sample(self) -> int:
         value = rss_bytes()
+        device = 0
+        if self.cuda:
+            import torch
+
+            device = torch.cuda.memory_allocated()
         with self._lock:
             self._peak = max(self._peak, value)
             self._window_peak = max(self._window_peak, value)
-            self.samples.append((time.monotonic(), value))
+            self.samples.append((time.monotonic(), value, device))
             if len(self.samples) > 20000:  # keep memory flat on long runs: drop every other sample
                 self.samples = self.samples[::2]
         return value
@@ -100,7 +106,7 @@ class Recorder:
     def __post_init__(self):
         self.t0 = time.monotonic()
         if self.memory:
-            self.sampler = RssSampler(self.interval_s).start()
+            self.sampler = RssSampler(self.interval_s, cuda=self.cuda).start()
 
     @property
     def cuda(self) -> bool:

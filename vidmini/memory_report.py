@@ -11,7 +11,8 @@ import sys
 
 from vidmini.memory import GIB, MB, Recorder, rss_bytes
 
-CARDS_GB = (24, 48, 80)
+CARDS_GB = (24, 48, 80)  # cards are sold in GiB: a "24 GB" RTX 3090 has 24 GiB
+USABLE = 0.95  # the CUDA context and fragmentation take the rest
 
 
 def weights_by_component(model) -> dict[str, dict]:
@@ -81,7 +82,7 @@ def projection(fixed: float, slope: float, engine) -> dict:
     context = engine.model.config.max_position_embeddings // engine.model.tokens_per_frame
     out = {"note": "projection from the measured per-frame slope; frames also capped by the LLM context"}
     for gb in CARDS_GB:
-        frames = max(0, int((gb * 1e9 - fixed) // slope)) if slope else 0
+        frames = max(0, int((gb * GIB * USABLE - fixed) // slope)) if slope else 0
         frames = min(frames, context)
         out[f"{gb}GB"] = {"frames": frames, "hours_at_1fps": round(frames / 3600, 2),
                           "limited_by": "context" if frames == context else "memory"}
@@ -119,3 +120,127 @@ def print_report(report: dict) -> None:
         f"{gb}: {proj[gb]['frames']} frames = {proj[gb]['hours_at_1fps']} h at 1 fps ({proj[gb]['limited_by']})"
         for gb in proj if gb != "note"))
     sys.stderr.flush()
+
+
+# ---- plots and snapshots ----------------------------------------------------------------------------------------
+def check_plot_available() -> None:
+    import importlib.util
+
+    from vidmini.errors import USAGE, VidminiExit
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise VidminiExit(USAGE, "--memory-plot needs matplotlib: pip install 'vidmini[plot]'")
+
+
+def write_plot(recorder: Recorder, path: str) -> None:
+    """Memory over time, the stages shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = recorder.sampler.samples if recorder.sampler else []
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if samples:
+        t = [s[0] - recorder.t0 for s in samples]
+        ax.plot(t, [s[1] / MB for s in samples], label="CPU RSS (MB)", color="tab:blue")
+        if recorder.cuda:
+            ax.plot(t, [s[2] / MB for s in samples], label="device allocated (MB)", color="tab:red")
+    colours: dict[str, tuple] = {}
+    palette = plt.get_cmap("tab10").colors
+    for name, start, end in recorder.timeline:
+        first = name not in colours
+        colour = colours.setdefault(name, palette[(len(colours) + 2) % len(palette)])
+        ax.axvspan(start, end, color=colour, alpha=0.15, label=name if first else None)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MB")
+    ax.set_title("vidmini memory over time")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def start_snapshot(device: str) -> None:
+    import torch
+
+    from vidmini.errors import USAGE, VidminiExit
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise VidminiExit(USAGE, "--memory-snapshot records the CUDA allocator: it needs a CUDA device")
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+
+
+def write_snapshot(path: str) -> None:
+    """A pickle that https://pytorch.org/memory_viz opens."""
+    import torch
+
+    torch.cuda.memory._dump_snapshot(path)
+    torch.cuda.memory._record_memory_history(enabled=None)
+
+
+# ---- will it fit, without running --------------------------------------------------------------------------------
+def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, device: str, batch_size: int | None,
+            max_new_tokens: int) -> dict:
+    """The plan from the checkpoint's config and the probe alone: frames, batch, expected peak memory."""
+    import torch
+
+    from vidmini.ask import is_image
+    from vidmini.model.config import LlavaMiniConfig
+    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+    from vidmini.model.loading import locate_checkpoint, pick_dtype, prepare_config
+    from vidmini.video import make_plan, probe
+
+    path = locate_checkpoint(model_id)
+    config = prepare_config(path, LlavaMiniConfig.from_pretrained(path), {})
+    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    dt = pick_dtype(dtype, device)
+    with torch.device("meta"):
+        model = LlavaMiniForCausalLM(config)
+    weights = weights_by_component(model)
+    bits = {"none": torch.finfo(dt).bits, "8bit": 8, "4bit": 4}[quantize]
+    per_param = {k: v["bytes"] // 4 for k, v in weights.items()}  # meta params are fp32: bytes / 4 = count
+    quantized = ("llm", "prefusion")
+    weight_bytes = sum(n * (bits if k in quantized else torch.finfo(dt).bits) // 8 for k, n in per_param.items())
+    if is_image(video):
+        frames, duration = 1, None
+    else:
+        info = probe(video)
+        frames, duration = len(make_plan(info, sampling.mode, sampling.fps, sampling.max_frames, sampling.start,
+                                         sampling.end)), info.duration_s
+    tpf = config.compressor_size**2
+    size = torch.finfo(dt).bits // 8
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * size
+    per_frame = tpf * (config.hidden_size * size + kv_token)
+    batch = batch_size or 16
+    vision_tokens = 576 + tpf + 128
+    working = batch * vision_tokens * (6 * config.hidden_size + 3 * config.intermediate_size) * size * 2
+    peak = weight_bytes + frames * per_frame + working + max_new_tokens * kv_token
+    fits = {f"{gb}GB": peak < gb * GIB * USABLE for gb in CARDS_GB}
+    return {"model": model_id, "video": video, "duration_s": duration, "frames": frames, "device": device,
+            "dtype": str(dt).replace("torch.", ""), "quantize": quantize, "batch_size": batch,
+            "weights_bytes": weight_bytes, "per_frame_bytes": per_frame, "working_set_bytes": working,
+            "expected_peak_bytes": peak, "fits": fits,
+            "longest_video_at_1fps": projection(weight_bytes + working, per_frame, _ConfigOnly(config))}
+
+
+class _ConfigOnly:
+    """What `projection` reads from an engine, for a model that was never loaded."""
+
+    def __init__(self, config):
+        self.model = type("M", (), {"config": config, "tokens_per_frame": config.compressor_size**2})()
+
+
+def print_dry_run(plan: dict) -> None:
+    lines = [
+        f"video: {plan['video']} ({plan['duration_s'] or 0:.0f} s) -> {plan['frames']} frames",
+        f"model: {plan['model']} on {plan['device']}, {plan['dtype']}, quantize {plan['quantize']}, batch {plan['batch_size']}",
+        f"weights {plan['weights_bytes'] / GIB:.2f} GiB + {plan['per_frame_bytes'] / 1e6:.3f} MB/frame x "
+        f"{plan['frames']} + working set {plan['working_set_bytes'] / GIB:.2f} GiB",
+        f"expected peak: {plan['expected_peak_bytes'] / GIB:.2f} GiB (estimate); fits: "
+        + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in plan["fits"].items()),
+        "PROJECTION, longest video at 1 fps: " + "; ".join(
+            f"{k}: {v['hours_at_1fps']} h" for k, v in plan["longest_video_at_1fps"].items() if k != "note"),
+    ]
+    print("\n".join(lines))

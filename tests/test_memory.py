@@ -1,0 +1,112 @@
+"""--profile-memory on CPU with the tiny checkpoint: fields present and consistent, RSS checked independently."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SAMPLE = str(REPO / "sample_videos" / "scenes.mp4")
+RUN = """
+import json, sys
+from vidmini.cli import main
+code = main(sys.argv[1:])
+hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"code": code, "vmhwm": hwm}), file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def profiled(tiny_checkpoint, tmp_path_factory):
+    env = dict(os.environ, VIDMINI_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
+    plot = tmp_path_factory.mktemp("plot") / "memory.png"
+    out = subprocess.run([sys.executable, "-c", RUN, "ask", "--json", "--profile-memory", "--memory-plot", str(plot),
+                          "--model", str(tiny_checkpoint), "--max-new-tokens", "4", SAMPLE, "What?"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    stats = json.loads(out.stderr.strip().splitlines()[-1])
+    assert stats["code"] == 0, out.stderr
+    return json.loads(out.stdout), stats["vmhwm"], out.stderr, plot
+
+
+def test_report_fields_and_stage_peaks(profiled):
+    result, _, stderr, _ = profiled
+    memory = result["memory"]
+    for stage in ("load", "decode", "vision encode", "pre-fusion", "LLM prefill", "answer decode"):
+        assert stage in memory["stages"]
+    peak = memory["peak"]["cpu_rss_bytes"]
+    assert all(0 < s["cpu_rss_peak_bytes"] <= peak for s in memory["stages"].values())
+    assert memory["device_figures"].startswith("none: not a CUDA run")
+    assert memory["peak"]["device_allocated_bytes"] is None
+    assert {"vision_tower", "compressor", "projector", "prefusion", "llm"} <= set(memory["weights"])
+    assert "PROJECTION" in stderr and "memory by stage" in stderr
+
+
+def test_buffer_and_kv_bytes_follow_the_model_shape(profiled, tiny_checkpoint):
+    result, *_ = profiled
+    memory = result["memory"]
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    hidden, size = config["hidden_size"], 4  # float32 on CPU
+    buffer = memory["token_buffer"]
+    assert buffer["frames"] == result["frames_used"] == 40
+    assert buffer["bytes"] == buffer["capacity_frames"] * hidden * size and buffer["bytes_per_frame"] == hidden * size
+    head_dim = hidden // config["num_attention_heads"]
+    kv = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * size
+    assert memory["kv_cache"]["measured"] and memory["kv_cache"]["bytes_per_frame"] == kv
+    assert memory["slope_bytes_per_frame"] == hidden * size + kv
+
+
+def test_rss_agrees_with_the_kernel(profiled):
+    result, vmhwm, _, _ = profiled
+    sampled = result["memory"]["peak"]["cpu_rss_bytes"]
+    assert sampled <= vmhwm * 1.01
+    assert vmhwm - sampled < max(40 * 2**20, 0.1 * vmhwm)  # the sampler sees the peak within 40 MB / 10%
+
+
+def test_projection_comes_from_the_measured_slope(profiled):
+    from vidmini.memory import GIB
+    from vidmini.memory_report import USABLE
+
+    memory = profiled[0]["memory"]
+    slope, fixed = memory["slope_bytes_per_frame"], memory["fixed_bytes"]
+    for gb in (24, 48, 80):
+        entry = memory["projection"][f"{gb}GB"]
+        expected = int((gb * GIB * USABLE - fixed) // slope)
+        assert entry["frames"] == min(expected, 131072)
+        assert entry["hours_at_1fps"] == round(entry["frames"] / 3600, 2)
+
+
+def test_memory_plot_is_written(profiled):
+    plot = profiled[3]
+    assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dry_run_for_the_released_dimensions(tmp_path):
+    """Weights of the 8B model in fp16 from its config alone: the spec's parameter counts (docs §2.4, §4.3)."""
+    from vidmini.testing.tiny_checkpoint import build_config
+    from vidmini.testing.videos import make_video
+
+    build_config("8b", vocab_size=128256, mm_vision_tower="openai/clip-vit-large-patch14-336", vision_config=None,
+                 prefusion_layer_num=4).save_pretrained(tmp_path / "cfg")
+    video = make_video(str(tmp_path / "v.mp4"), 60, fps=1.0)
+    out = subprocess.run([sys.executable, "-m", "vidmini", "ask", "--dry-run", "--json", "--dtype", "float16",
+                          "--model", str(tmp_path / "cfg"), video], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    params = 8.030e9 + 0.8724e9 + 0.0210e9 + 0.0042e9 + 0.3035e9  # LLM, pre-fusion, projector, compressor, CLIP
+    assert plan["weights_bytes"] == pytest.approx(2 * params, rel=0.01)
+    assert plan["frames"] == 60 and plan["per_frame_bytes"] == 4096 * 2 + 2 * 32 * 8 * 128 * 2
+
+
+def test_snapshot_without_cuda_is_a_clear_usage_error(tiny_checkpoint, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    out = subprocess.run([sys.executable, "-m", "vidmini", "ask", "--memory-snapshot", str(tmp_path / "s.pickle"),
+                          "--model", str(tiny_checkpoint), SAMPLE, "What?"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "needs a CUDA device" in out.stderr
