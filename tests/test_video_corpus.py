@@ -172,3 +172,28 @@ def test_decord_refusals_are_reported_and_auto_reads_the_file(name):
         decode_all(info, plan, StreamOptions(decoder="decord"))
     frames, stream = decode_all(info, plan, StreamOptions(decoder="auto"))
     assert len(frames) == len(plan)
+
+
+def test_stream_options_reach_the_backend_choice():
+    """Regression: choose_backend ignored the stream's options (a 20-frame plan never went parallel)."""
+    path = str(corpus("vp8_vorbis_720p_30s_moviepy_bbb.webm"))
+    info = probe(path)
+    plan = make_plan(info, max_frames=20)
+    stream = FrameStream(info, plan, StreamOptions(decoder="auto", workers=2, min_parallel_frames=10))
+    assert stream.backend == "pyav-parallel"
+    frames, _ = decode_all(info, plan, StreamOptions(decoder="auto", workers=2, min_parallel_frames=10))
+    np.testing.assert_array_equal(frames, decode_all(info, plan, StreamOptions(decoder="pyav"))[0])
+
+
+def test_reference_sampling_decodes_the_reference_indices():
+    import av
+
+    path = str(corpus("hevc_aac_1080p_testpattern_mediabunny.mp4"))
+    info = probe(path)
+    plan = make_plan(info, "reference")
+    assert plan.indices.tolist() == [15, 45, 75, 105, 135, 164, 194, 224, 254, 284]  # 30 fps: the middle of each second
+    frames, _ = decode_all(info, plan)
+    with av.open(path) as c:
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for frame, index in zip(frames, plan.indices):
+        np.testing.assert_array_equal(frame, model_frame(every[index], 0))

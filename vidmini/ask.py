@@ -80,14 +80,9 @@ def frame_capacity(engine: Engine, prompt_tokens: int) -> tuple[int, str]:
 
 
 def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 1024**3
+    from vidmini.memory import proc_kib_field
+
+    return proc_kib_field("/proc/meminfo", "MemAvailable") or 8 * 1024**3
 
 
 def open_video(path: str, sampling: Sampling, capacity: tuple[int, str], stream: StreamOptions,

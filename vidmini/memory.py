@@ -16,15 +16,23 @@ MB = 1024 * 1024
 GIB = 1024**3
 
 
-def rss_bytes() -> int:
-    """Resident set size now (Linux /proc; elsewhere the peak from getrusage)."""
+def proc_kib_field(path: str, key: str) -> int | None:
+    """A "Key:  N kB" field of a /proc file, in bytes (None off Linux or when absent)."""
     try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def rss_bytes() -> int:
+    """Resident set size now (Linux /proc; elsewhere the peak from getrusage)."""
+    value = proc_kib_field("/proc/self/status", "VmRSS")
+    if value is not None:
+        return value
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

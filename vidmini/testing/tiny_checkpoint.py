@@ -117,20 +117,25 @@ def randomize(model, seed: int) -> None:
             param.copy_(value.to(param.dtype))
 
 
-def build_model(size: str = "tiny", compressor_size: int = 1, seed: int = 0, vocab_size: int = 400, dtype=None, **overrides):
+def build_model(size: str = "tiny", compressor_size: int = 1, seed: int = 0, vocab_size: int = 400, dtype=None,
+                device: str = "cpu", **overrides):
+    """A random model in memory. The 8b size is materialised straight on `device` in `dtype` (8B parameters in
+    fp32 on the host would need 32 GB)."""
     import torch
 
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
 
     config = build_config(size, compressor_size, vocab_size, **overrides)
-    with torch.device("meta" if size == "8b" else "cpu"):
-        model = LlavaMiniForCausalLM(config)
-    if size == "8b":
-        model = model.to_empty(device="cpu")
+    previous = torch.get_default_dtype()
+    try:  # built where it will live, so non-persistent buffers (RoPE, CLIP position ids) are computed right
+        torch.set_default_dtype(dtype or torch.float32)
+        with torch.device(device):
+            model = LlavaMiniForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     randomize(model, seed)
     model.model.compressor.reset_positions()
-    if dtype is not None:
-        model.to(dtype)
     return model.eval()
 
 

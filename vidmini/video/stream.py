@@ -40,7 +40,8 @@ class StreamOptions:
     min_parallel_frames: int = 64  # below this, one decoder is as fast as several
 
 
-def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str) -> tuple[str, str]:
+def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str,
+                   options: StreamOptions | None = None) -> tuple[str, str]:
     """(backend, why). Measured (bench/decode.py, docs in README): PyAV's sequential decode is as fast as decord's
     get_batch at 1 fps and reads every file decord reads, plus those it refuses; PyAV segments in parallel beat
     both on long files. decord is used when asked for, and its failures fall back to PyAV."""
@@ -54,8 +55,9 @@ def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str) -> tuple
         raise VideoError(f"unknown decoder {requested!r}; use auto, pyav or decord")
     if plan.mode == "reference":
         return "pyav", "reference sampling counts frames in decode order (sequential)"
-    if _parallel_ok(info, plan, StreamOptions()):
-        return "pyav-parallel", f"long seekable file: {_workers(StreamOptions())} segments in parallel"
+    options = options or StreamOptions()
+    if _parallel_ok(info, plan, options):
+        return "pyav-parallel", f"long seekable file: {_workers(options)} segments in parallel"
     return "pyav", "sequential decode is fastest at this length" if PyAVDecoder().can_seek(info) else \
         f"{info.container} is not seeked (unreliable), decoded sequentially"
 
@@ -74,7 +76,7 @@ class FrameStream:
         self.info, self.plan = info, plan
         self.options = options or StreamOptions()
         self.report = DecodeReport()
-        self.backend, self.why = choose_backend(info, plan, self.options.decoder)
+        self.backend, self.why = choose_backend(info, plan, self.options.decoder, self.options)
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=self.options.queue_batches)
         self._thread: threading.Thread | None = None
