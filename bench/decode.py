@@ -40,7 +40,7 @@ else:
         dec = PyAVDecoder(allow_seek=how == "pyav-seek-skipping")
         frames = sum(1 for _ in dec.frames(info, plan, DecodeReport()))
     else:
-        workers = 0
+        workers = 1
         if how.startswith("pyav-parallel"):
             workers = int(how.split("-")[-1]); backend = "auto"
         else:

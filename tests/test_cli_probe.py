@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from conftest import corpus
 
@@ -14,12 +13,14 @@ def run(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "vidmini", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_help_is_instant_and_explains():
-    started = time.monotonic()
+def test_help_explains_and_imports_no_torch():
     out = run("--help")
     assert out.returncode == 0
     assert all(command in out.stdout for command in ("ask", "summarize", "probe"))
-    assert time.monotonic() - started < 3  # no torch import for --help
+    code = ("import sys; from vidmini.cli import main; main(['ask', '--help']); main(['probe', '--help']); "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert heavy.strip().endswith("[]")  # --help stays instant: the model stack is imported by commands only
 
 
 def test_probe_json_lines_and_exit_codes():

@@ -10,13 +10,13 @@ from vidmini.testing.videos import read_index
 from vidmini.video import FrameStream, StreamOptions, make_plan, probe
 
 
-@pytest.mark.parametrize("decoder", ["pyav", "auto"])
-def test_three_hours_decode_end_to_end_in_flat_memory(three_hour_video, decoder):
+@pytest.mark.parametrize("decoder,workers", [("pyav", 1), ("auto", 2)])
+def test_three_hours_decode_end_to_end_in_flat_memory(three_hour_video, decoder, workers):
     info = probe(str(three_hour_video))
     assert info.duration_s == pytest.approx(10800, abs=1)
     plan = make_plan(info)
     assert len(plan) == 10800
-    stream = FrameStream(info, plan, StreamOptions(decoder=decoder, batch_size=16))
+    stream = FrameStream(info, plan, StreamOptions(decoder=decoder, batch_size=16, workers=workers))
     seen, wrong, rss_early = 0, 0, None
     for batch in stream:
         assert batch.frames.shape[1:] == (336, 336, 3)
@@ -28,4 +28,4 @@ def test_three_hours_decode_end_to_end_in_flat_memory(three_hour_video, decoder)
             rss_early = rss_mb()
     assert seen == 10800 and wrong == 0
     assert rss_mb() - rss_early < 50  # the queue is bounded: 10 minutes in or 3 hours in, the same memory
-    assert stream.report.decoder == ("pyav" if decoder == "pyav" else stream.backend)
+    assert stream.report.decoder == ("pyav" if workers == 1 else "pyav-parallel")

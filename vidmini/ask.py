@@ -226,7 +226,8 @@ class TextStreamer:
 def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: str, sampling: Sampling,
             decoder: str = "auto", batch_size: int | None = None, max_new_tokens: int = 512,
             temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
-            profile_memory: bool = False, progress: bool = True, streamer=None, recorder=None) -> dict:
+            profile_memory: bool = False, progress: bool = True, streamer=None, recorder=None,
+            decode_workers: int = 1) -> dict:
     """The whole `ask` job. Returns the --json object; streams answers through `streamer` when given."""
     from vidmini.engine import EngineOptions
     from vidmini.memory import Recorder
@@ -240,7 +241,7 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
         queries = [Query(q) for q in questions]
         with Progress(enabled=progress) as bar:
             with recorder.stage("open"):
-                source = _open_source(engine, path, sampling, decoder, use_cache, questions)
+                source = _open_source(engine, path, sampling, decoder, use_cache, questions, decode_workers)
             for note in source.notes:
                 bar.note(note)
             stream = streamer(engine, queries) if streamer else None
@@ -268,10 +269,10 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
 
 
 def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, use_cache: bool,
-                 questions: list[str]) -> Source:
+                 questions: list[str], decode_workers: int = 1) -> Source:
     if is_image(path):
         return open_image(path, engine.model.config)
     prompt_tokens = max(len(engine.prompt_ids(q)) for q in questions)
     capacity = frame_capacity(engine, prompt_tokens)
-    return open_video(path, sampling, capacity, StreamOptions(decoder=decoder, batch_size=engine.batch_size),
-                      use_cache)
+    stream = StreamOptions(decoder=decoder, batch_size=engine.batch_size, workers=decode_workers)
+    return open_video(path, sampling, capacity, stream, use_cache)
