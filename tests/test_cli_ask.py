@@ -41,6 +41,7 @@ def test_second_ask_reads_the_cache_and_answers_the_same(tiny_checkpoint, env):
     args = ["--json", "--model", str(tiny_checkpoint), "--max-new-tokens", "6", SAMPLE, "What colours?"]
     first, second = json.loads(ask(env, *args).stdout), json.loads(ask(env, *args).stdout)
     assert not first["from_cache"] and second["from_cache"] and second["decoder"] == "cache"
+    assert first["cache"]["bytes"] == 40 * 336 * 336 * 3 + os.path.getsize(os.path.join(first["cache"]["path"], "meta.json"))
     assert first["answers"] == second["answers"]
     fresh = json.loads(ask(env, "--no-cache", *args).stdout)
     assert not fresh["from_cache"] and fresh["answers"] == first["answers"]

@@ -80,7 +80,8 @@ def test_buffer_is_written_by_index_and_kv_is_measured(tiny_model, frames):
 
 
 def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
-    from vidmini.engine import OutOfMemory
+    from vidmini.engine import DeviceOutOfMemory
+    from vidmini.errors import OUT_OF_MEMORY, exit_code_for
 
     model, tok = tiny_model
     engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=2))
@@ -97,5 +98,6 @@ def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
     encoded = engine.encode(batches(frames[:8], 8), 8, [Query("x")])
     assert encoded.frames == 8 and engine.batch_size == 2 and calls[:3] == [8, 4, 2]
     monkeypatch.setattr(model, "encode_frames", lambda pv: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
-    with pytest.raises(OutOfMemory):
+    with pytest.raises(DeviceOutOfMemory) as err:
         engine.encode(batches(frames[:2], 2), 2, [Query("x")])
+    assert exit_code_for(err.value) == OUT_OF_MEMORY == 5  # regression: it used to map to 1

@@ -25,7 +25,7 @@ print(json.dumps({"code": code, "vmhwm": hwm}), file=sys.stderr)
 def profiled(tiny_checkpoint, tmp_path_factory):
     env = dict(os.environ, VIDMINI_CACHE_DIR=str(tmp_path_factory.mktemp("cache")))
     plot = tmp_path_factory.mktemp("plot") / "memory.png"
-    out = subprocess.run([sys.executable, "-c", RUN, "ask", "--json", "--profile-memory", "--memory-plot", str(plot),
+    out = subprocess.run([sys.executable, "-c", RUN, "ask", "--json", "--profile-memory", "--memory-interval", "0.02", "--memory-plot", str(plot),
                           "--model", str(tiny_checkpoint), "--max-new-tokens", "4", SAMPLE, "What?"],
                          capture_output=True, text=True, env=env, timeout=300)
     stats = json.loads(out.stderr.strip().splitlines()[-1])

@@ -38,6 +38,7 @@ class Source:
     from_cache: bool = False
     decoder: str = ""
     times_s: np.ndarray | None = None  # planned sample times (video sources)
+    cache: FrameCache | None = None
 
 
 def is_image(path: str) -> bool:
@@ -101,11 +102,10 @@ def open_video(path: str, sampling: Sampling, capacity: tuple[int, str], stream:
     cache = FrameCache(path, plan.key()) if use_cache else None
     if cache is not None and cache.exists():
         return Source(path, "video", cache.meta()["count"], info.duration_s, lambda: cache.batches(stream.batch_size),
-                      cache.report(), notes, from_cache=True, decoder="cache", times_s=plan.times_s)
+                      cache.report(), notes, from_cache=True, decoder="cache", times_s=plan.times_s, cache=cache)
     frames = FrameStream(info, plan, stream)
-    source = Source(path, "video", len(plan), info.duration_s, lambda: _stream_into_cache(frames, cache, len(plan)),
-                    frames.report, notes, decoder=frames.backend, times_s=plan.times_s)
-    return source
+    return Source(path, "video", len(plan), info.duration_s, lambda: _stream_into_cache(frames, cache, len(plan)),
+                  frames.report, notes, decoder=frames.backend, times_s=plan.times_s, cache=cache)
 
 
 def _stream_into_cache(stream: FrameStream, cache: FrameCache | None, expected: int) -> Iterator[FrameBatch]:
@@ -251,10 +251,14 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
                 stream.finish(answers)
             for warning in source.report.warnings():
                 bar.note(f"{path}: {warning}")
+            cache_info = _cache_info(source)
+            if cache_info and not source.from_cache:
+                bar.note(f"cached {cache_info['bytes'] / 1e6:.1f} MB of decoded frames in {cache_info['path']}")
         result = {
             "video": path, "model": model_name, "duration_s": source.duration_s, "frames_used": encoded.frames,
             "fps": sampling.fps if source.kind == "video" else None, "decoder": source.decoder,
-            "from_cache": source.from_cache, "notes": source.notes, "warnings": source.report.warnings(),
+            "from_cache": source.from_cache, "cache": cache_info, "notes": source.notes,
+            "warnings": source.report.warnings(),
             "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)],
             "timings_s": {**recorder.timings(), "total": round(time.monotonic() - started, 3)},
         }
@@ -266,6 +270,12 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
         return result
     finally:
         recorder.close()
+
+
+def _cache_info(source: Source) -> dict | None:
+    if source.cache is None or not source.cache.exists():
+        return None
+    return {"path": str(source.cache.dir), "bytes": source.cache.size_bytes}
 
 
 def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, use_cache: bool,

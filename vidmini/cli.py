@@ -178,6 +178,7 @@ def ask(
     vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
     json_out: bool = JsonOpt,
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
+    memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, help="Seconds between CPU RSS samples with --profile-memory."),
     memory_snapshot: Optional[Path] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
     memory_plot: Optional[Path] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
@@ -208,7 +209,7 @@ def ask(
         from vidmini.memory_report import start_snapshot
 
         start_snapshot(pick_device(device))
-    recorder = Recorder(memory=profile_memory, device=pick_device(device))
+    recorder = Recorder(memory=profile_memory, device=pick_device(device), interval_s=memory_interval)
     with recorder.stage("load"):
         loaded, tokenizer = _load(model, device, dtype, quantize, vision_fp32)
     result = run_ask(

@@ -22,7 +22,7 @@ from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
 from vidmini.video.frames import FrameBatch
 
 
-class OutOfMemory(Exception):
+class DeviceOutOfMemory(Exception):
     """Even the smallest batch and chunk do not fit on the device (exit code 5)."""
 
 
@@ -183,7 +183,7 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         if self.batch_size == 1:
-            raise OutOfMemory(f"out of device memory with a {what} of 1 frame; try --quantize 8bit or a smaller --dtype")
+            raise DeviceOutOfMemory(f"out of device memory with a {what} of 1 frame; try --quantize 8bit or a smaller --dtype")
         self.batch_size = max(1, self.batch_size // 2)
 
     @staticmethod
@@ -252,7 +252,7 @@ class Engine:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if self.options.chunk <= 64:
-                    raise OutOfMemory("out of device memory in the LLM prefill even in chunks of 64 tokens")
+                    raise DeviceOutOfMemory("out of device memory in the LLM prefill even in chunks of 64 tokens")
                 self.options.chunk //= 2
                 rewind(cache, start)
 

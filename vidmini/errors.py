@@ -27,7 +27,7 @@ def exit_code_for(err: BaseException) -> int:
         return BAD_INPUT
     if type(err).__name__ == "ModelLoadError":
         return MODEL_LOAD
-    if type(err).__name__ == "OutOfMemoryError":
+    if type(err).__name__ in ("DeviceOutOfMemory", "OutOfMemoryError"):  # ours, or torch's unhandled one
         return OUT_OF_MEMORY
     return FAILED
 
