@@ -122,3 +122,11 @@ def test_ctrl_c_exits_130_and_leaves_no_cache_entry(tiny_checkpoint, env, three_
 
 def _listing(folder):
     return os.listdir(folder) if os.path.isdir(folder) else []
+
+
+def test_streamed_text_equals_the_json_answer(tiny_checkpoint, env):
+    """Regression: text held back by the streamer (a trailing partial character) was never printed."""
+    args = ["--model", str(tiny_checkpoint), "--max-new-tokens", "12", SAMPLE, "What colours?"]
+    text = ask(env, *args)
+    as_json = json.loads(ask(env, "--json", *args).stdout)
+    assert text.returncode == 0 and text.stdout.strip() == as_json["answers"][0]["answer"]

@@ -101,3 +101,18 @@ def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
     with pytest.raises(DeviceOutOfMemory) as err:
         engine.encode(batches(frames[:2], 2), 2, [Query("x")])
     assert exit_code_for(err.value) == OUT_OF_MEMORY == 5  # regression: it used to map to 1
+
+
+def test_more_frames_than_fit_are_spread_over_the_whole_video(tiny_model, monkeypatch, tmp_path):
+    """Over capacity (context or memory), vidmini samples fewer frames across the whole video and says so."""
+    import vidmini.ask
+    from vidmini.ask import Sampling, run_ask
+    from conftest import REPO
+
+    model, tok = tiny_model
+    monkeypatch.setattr(vidmini.ask, "frame_capacity", lambda engine, prompt_tokens: (10, "a test limit"))
+    monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path))
+    result = run_ask(model, tok, str(REPO / "sample_videos" / "scenes.mp4"), ["What?"], model_name="tiny",
+                     sampling=Sampling(), max_new_tokens=2, progress=False)
+    assert result["frames_used"] == 10
+    assert any("40 frames at 1 fps do not fit (a test limit); using 10 frames" in n for n in result["notes"])

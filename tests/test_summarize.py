@@ -151,3 +151,19 @@ def test_two_workers_one_writer(tiny_checkpoint, folder, tmp_path):
     assert run.returncode == 3, run.stderr
     got = records(out)
     assert len(got) == len({r["path"] for r in got}) == 2 + 1 + len(GOOD) + len(BROKEN)
+
+
+def test_ctrl_c_discards_the_current_record_and_exits_130(tiny_checkpoint, tmp_path):
+    from vidmini.testing.videos import make_video
+
+    root = tmp_path / "long"
+    root.mkdir()
+    make_video(str(root / "a.mp4"), 3600, fps=1.0)
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "vidmini", "summarize", str(root), "--out", str(out), "--model",
+                             str(tiny_checkpoint), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # model loaded, decoding under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert not out.exists() or records(out) == []  # no partial record

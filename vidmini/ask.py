@@ -215,11 +215,15 @@ class TextStreamer:
             self.printed[i] = text
 
     def finish(self, answers: list[str]) -> None:
-        """Print what streaming could not (answers with no tokens), and end the line."""
+        """Print what streaming held back (a trailing partial character, answers with no tokens); end the line."""
         for i, answer in enumerate(answers):
             if i not in self.tokens:
                 self.start(i)
                 sys.stdout.write(answer)
+                continue
+            done = self.printed.get(i, "")
+            if answer.startswith(done):
+                sys.stdout.write(answer[len(done):])
         print(flush=True)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -45,10 +46,34 @@ def root(
 
 
 # ---- shared options ----------------------------------------------------------------------------------------
+class DecoderChoice(str, Enum):
+    auto = "auto"
+    pyav = "pyav"
+    decord = "decord"
+
+
+class SamplingChoice(str, Enum):
+    time = "time"
+    reference = "reference"
+
+
+class DtypeChoice(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class QuantizeChoice(str, Enum):
+    none = "none"
+    bit8 = "8bit"
+    bit4 = "4bit"
+
+
 FpsOpt = typer.Option(1.0, "--fps", help="Frames sampled per second of video.", min=0.001)
 MaxFramesOpt = typer.Option(None, "--max-frames", help="Cap the number of frames, spread over the whole video.", min=1)
-DecoderOpt = typer.Option("auto", "--decoder", help="auto | pyav | decord. auto picks per file and falls back.")
-SamplingOpt = typer.Option("time", "--sampling", help="time (by presentation time) | reference (LLaVA-Mini's frame indices).")
+DecoderOpt = typer.Option(DecoderChoice.auto, "--decoder", help="auto picks per file and falls back.")
+SamplingOpt = typer.Option(SamplingChoice.time, "--sampling", help="time: by presentation time; reference: LLaVA-Mini's frame indices.")
 StartOpt = typer.Option(None, "--start", help="Start of the range to sample, in seconds.", min=0)
 EndOpt = typer.Option(None, "--end", help="End of the range to sample, in seconds.", min=0)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout, nothing else there.")
@@ -105,8 +130,8 @@ def probe(
     json_out: bool = JsonOpt,
     fps: float = FpsOpt,
     max_frames: Optional[int] = MaxFramesOpt,
-    sampling: str = SamplingOpt,
-    decoder: str = DecoderOpt,
+    sampling: SamplingChoice = SamplingOpt,
+    decoder: DecoderChoice = DecoderOpt,
 ) -> None:
     """Show what vidmini sees in each file: streams, rotation, duration, frames sampled, the decoder chosen and why.
 
@@ -114,6 +139,7 @@ def probe(
     """
     from rich.console import Console
 
+    sampling, decoder = sampling.value, decoder.value
     console = Console()
     all_ok = True
     for path in files:
@@ -130,8 +156,8 @@ def probe(
 ModelOpt = typer.Option("ICTNLP/llava-mini-llama-3.1-8b", "--model", envvar="VIDMINI_MODEL",
                         help="Hugging Face Hub id or local folder of a LLaVA-Mini checkpoint.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
-DtypeOpt = typer.Option("auto", "--dtype", help="auto (float16 on GPU, float32 on CPU) | float32 | float16 | bfloat16.")
-QuantizeOpt = typer.Option("none", "--quantize", help="none | 8bit | 4bit (bitsandbytes, CUDA). Vision parts stay full precision.")
+DtypeOpt = typer.Option(DtypeChoice.auto, "--dtype", help="auto = float16 on GPU, float32 on CPU.")
+QuantizeOpt = typer.Option(QuantizeChoice.none, "--quantize", help="bitsandbytes, CUDA only. Vision parts stay full precision.")
 
 
 def _load(model: str, device: str, dtype: str, quantize: str, vision_fp32: bool):
@@ -160,14 +186,14 @@ def ask(
                                                     show_default=False),
     model: str = ModelOpt,
     device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    quantize: str = QuantizeOpt,
+    dtype: DtypeChoice = DtypeOpt,
+    quantize: QuantizeChoice = QuantizeOpt,
     fps: float = FpsOpt,
     max_frames: Optional[int] = MaxFramesOpt,
     start: Optional[float] = StartOpt,
     end: Optional[float] = EndOpt,
-    sampling: str = SamplingOpt,
-    decoder: str = DecoderOpt,
+    sampling: SamplingChoice = SamplingOpt,
+    decoder: DecoderChoice = DecoderOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory)."),
     decode_workers: int = typer.Option(1, "--decode-workers", min=1, help="Decode time segments in N parallel threads (PyAV). 1 = one decoder using FFmpeg's own threads, which measured faster on 2 cores."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
@@ -192,6 +218,7 @@ def ask(
     from vidmini.memory import Recorder
     from vidmini.model.loading import pick_device
 
+    sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
     if dry_run:
         from vidmini.memory_report import dry_run as plan_run, print_dry_run
@@ -246,11 +273,11 @@ def summarize(
     devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated devices, one worker each (e.g. cuda:0,cuda:1)."),
     model: str = ModelOpt,
     device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    quantize: str = QuantizeOpt,
+    dtype: DtypeChoice = DtypeOpt,
+    quantize: QuantizeChoice = QuantizeOpt,
     fps: float = FpsOpt,
     max_frames: Optional[int] = MaxFramesOpt,
-    decoder: str = DecoderOpt,
+    decoder: DecoderChoice = DecoderOpt,
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
@@ -264,6 +291,7 @@ def summarize(
     """
     from vidmini.summarize import Report, SummarizeOptions, run_summarize, write_markdown
 
+    decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     if not paths:
         if markdown is None:
             raise errors.VidminiExit(errors.USAGE, "give video files or folders to summarize (or --markdown to render)")
