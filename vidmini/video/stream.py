@@ -42,10 +42,10 @@ class StreamOptions:
 
 def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str,
                    options: StreamOptions | None = None) -> tuple[str, str]:
-    """(backend, why). Measured by bench/decode.py (README, "Measured"): one PyAV decoder with FFmpeg's frame
-    threads and keyframe skipping beat decord's get_batch (0.97x vs 0.69x of full-speed decode with 2 s GOPs,
-    1.79x vs 1.49x with 0.4 s GOPs) and parallel segment threads (0.59x), and it reads every file decord reads
-    plus those decord refuses. Segments run in parallel only when asked for (--decode-workers)."""
+    """(backend, why). Measured by bench/decode.py on 2 cores (README, "Measured"): one PyAV decoder with FFmpeg's
+    frame threads and keyframe skipping beat decord's get_batch (0.84-0.96x vs 0.69-0.79x of full-speed decode
+    with 2 s GOPs, 1.79x vs 1.47x with 0.4 s GOPs) and parallel segment threads (0.54-0.59x), and it reads every
+    file decord reads plus those decord refuses. Segments run in parallel only when asked for (--decode-workers)."""
     if requested == "pyav":
         return "pyav", "asked for"
     if requested == "decord":
