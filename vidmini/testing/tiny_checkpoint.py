@@ -142,7 +142,9 @@ def build_model(size: str = "tiny", compressor_size: int = 1, seed: int = 0, voc
 def write_checkpoint(out_dir: str, size: str = "tiny", compressor_size: int = 1, seed: int = 0, **overrides) -> str:
     """A complete checkpoint folder: config, safetensors weights, generation config, tokenizer + chat template."""
     from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" for a 1 MB file is noise
     tokenizer = build_tokenizer()
     model = build_model(size, compressor_size, seed, vocab_size=len(tokenizer), **overrides)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
