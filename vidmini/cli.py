@@ -265,7 +265,7 @@ def summarize(
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also render the report as Markdown here."),
     question: Optional[list[str]] = typer.Option(None, "--question", help="An extra question for every file (repeatable)."),
     chapter_minutes: Optional[float] = typer.Option(
-        None, "--chapter-minutes", min=0, help=f"Chapter length. Default: 10 min for videos over 20 min, none below; 0 = none."),
+        None, "--chapter-minutes", min=0, help="Chapter length. Default: 10 min for videos over 20 min, none below; 0 = none."),
     glob: Optional[str] = typer.Option(None, "--glob", help="Only files whose name (or relative path) matches, e.g. '*.mp4'."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into sub-folders."),
     force: bool = typer.Option(False, "--force", help="Redo files already in the report."),

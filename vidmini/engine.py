@@ -10,7 +10,7 @@ query's fused prompt is summed in fp32 over the frames of its range. Then, per r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -82,7 +82,6 @@ class Encoded:
     layout: FusionLayout
     prompts: list[list[int]]
     text_sums: dict[tuple[int, int | None], torch.Tensor]  # per frame range: [S_text, H] fp32
-    frame_times: list[float] = field(default_factory=list)
 
     @property
     def frames(self) -> int:
@@ -138,17 +137,15 @@ class Engine:
         buffer = TokenBuffer(capacity, self.model.tokens_per_frame, cfg.hidden_size, self.device, self.dtype)
         ranges = list(dict.fromkeys((q.start, q.end) for q in queries))
         sums = {r: torch.zeros(len(layout.text_ids), cfg.hidden_size, device=self.device) for r in ranges}
-        times: list[float] = []
         for batch in self._timed(batches):
             first = buffer.count
             for frame_tokens, text in self._fused(batch.frames, layout, mask):
                 buffer.write(frame_tokens)
                 self._accumulate(sums, text, first, buffer.count)
                 first = buffer.count
-            times += batch.times_s.tolist()
             if on_batch:
                 on_batch(batch)
-        return Encoded(buffer, layout, prompts, sums, times)
+        return Encoded(buffer, layout, prompts, sums)
 
     def _timed(self, batches: Iterable[FrameBatch]):
         """The batches, with the wait for each recorded as the "decode" stage (decoding runs ahead in a thread:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,8 +235,6 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
 def run_summarize(engine_factory, paths: list[str], out: str, options: SummarizeOptions,
                   progress: bool = True) -> tuple[int, int, int]:
     """Process every file not yet in the report. Returns (done now, skipped as already done, failed now)."""
-    from vidmini.ask import Progress
-
     report = Report(out)
     files = discover(paths, options.glob, options.recursive)
     todo, skipped = plan_work(files, report, options)
@@ -343,6 +340,3 @@ def write_markdown(report_path: str, markdown_path: str) -> int:
     os.replace(tmp, markdown_path)
     return len(records)
 
-
-def iter_records(report_path: str) -> Iterator[dict]:
-    yield from Report(report_path).read()

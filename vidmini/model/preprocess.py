@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vidmini.video.frames import SIZE, squash  # noqa: F401  (frames are squashed by the decoders)
+from vidmini.video.frames import SIZE
 
 
 def normalization_table(mean, std) -> torch.Tensor:
