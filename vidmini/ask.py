@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidmini.cache import FrameCache
-from vidmini.engine import Engine, Query
+from vidmini.engine import Engine, Query, bytes_per_frame
 from vidmini.video import DecodeReport, FrameBatch, FrameStream, StreamOptions, VideoError, make_plan, probe
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -68,7 +68,7 @@ def frame_capacity(engine: Engine, prompt_tokens: int) -> tuple[int, str]:
     model, cfg = engine.model, engine.model.config
     per_frame_tokens = model.tokens_per_frame
     context = (cfg.max_position_embeddings - prompt_tokens - engine.options.max_new_tokens) // per_frame_tokens
-    per_frame = per_frame_tokens * (cfg.hidden_size * torch.finfo(engine.dtype).bits // 8 + engine.kv_bytes_per_token())
+    per_frame = bytes_per_frame(cfg, engine.dtype)
     working = engine.batch_size * engine.working_bytes_per_frame() + 512 * 1024**2
     if engine.device.type == "cuda":
         free = torch.cuda.mem_get_info(engine.device)[0]

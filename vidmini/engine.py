@@ -22,6 +22,18 @@ from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
 from vidmini.video.frames import FrameBatch
 
 
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """KV-cache bytes one LLM position costs: keys and values, every layer, the KV heads only (GQA)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def bytes_per_frame(config, dtype: torch.dtype) -> int:
+    """Device bytes each extra frame costs: its tokens in the buffer plus their KV-cache positions."""
+    tokens = config.compressor_size**2
+    return tokens * (config.hidden_size * torch.finfo(dtype).bits // 8 + kv_bytes_per_token(config, dtype))
+
+
 class DeviceOutOfMemory(Exception):
     """Even the smallest batch and chunk do not fit on the device (exit code 5)."""
 
@@ -117,9 +129,7 @@ class Engine:
         return int(max(1, min(64, free * 0.5 // self.working_bytes_per_frame())))
 
     def kv_bytes_per_token(self) -> int:
-        cfg = self.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * torch.finfo(self.dtype).bits // 8
+        return kv_bytes_per_token(self.model.config, self.dtype)
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> list[int]:

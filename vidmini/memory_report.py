@@ -186,6 +186,7 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     import torch
 
     from vidmini.ask import is_image
+    from vidmini.engine import bytes_per_frame, kv_bytes_per_token
     from vidmini.model.config import LlavaMiniConfig
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
     from vidmini.model.loading import locate_checkpoint, pick_dtype, prepare_config
@@ -210,9 +211,8 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
                                          sampling.end)), info.duration_s
     tpf = config.compressor_size**2
     size = torch.finfo(dt).bits // 8
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * size
-    per_frame = tpf * (config.hidden_size * size + kv_token)
+    kv_token = kv_bytes_per_token(config, dt)
+    per_frame = bytes_per_frame(config, dt)
     batch = batch_size or 16
     vision_tokens = 576 + tpf + 128
     working = batch * vision_tokens * (6 * config.hidden_size + 3 * config.intermediate_size) * size * 2

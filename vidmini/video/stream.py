@@ -117,13 +117,10 @@ class FrameStream:
 
     # ---- producer side --------------------------------------------------------------------------------------
     def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                self._progress = time.monotonic()  # waiting on the consumer is not a stall
-        return False
+        return _put_unless_stopped(self._queue, item, self._stop, on_wait=self._note_waiting)
+
+    def _note_waiting(self) -> None:
+        self._progress = time.monotonic()  # waiting on the consumer is not a stall
 
     def _produce(self) -> None:
         try:
@@ -177,12 +174,8 @@ class FrameStream:
             try:
                 for item in PyAVDecoder(threads=1).frames(self.info, self.plan, self.report, *segment,
                                                           should_stop=self._stop.is_set):
-                    while not self._stop.is_set():
-                        try:
-                            out.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
+                    if not _put_unless_stopped(out, item, self._stop):
+                        return
                 out.put(_DONE)
             except BaseException as err:
                 out.put(err)
@@ -198,6 +191,18 @@ class FrameStream:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+
+
+def _put_unless_stopped(q: queue.Queue, item, stop: threading.Event, on_wait=None) -> bool:
+    """Put into a bounded queue, waiting while it is full; give up (False) once `stop` is set."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if on_wait is not None:
+                on_wait()
+    return False
 
 
 def _get_unless_stopped(q: queue.Queue, stop: threading.Event):
