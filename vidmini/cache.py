@@ -50,13 +50,17 @@ class FrameCache:
         self.root = root or cache_root()
         self.key = entry_key(path, plan_key)
         self.dir = self.root / self.key
+        self._meta: dict | None = None
 
     # ---- reading ------------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return (self.dir / "meta.json").is_file() and (self.dir / "frames.u8").is_file()
 
     def meta(self) -> dict:
-        return json.loads((self.dir / "meta.json").read_text())
+        """The entry's metadata, read once (it lists every frame's time: large for long videos)."""
+        if self._meta is None:
+            self._meta = json.loads((self.dir / "meta.json").read_text())
+        return self._meta
 
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
         meta = self.meta()

@@ -92,6 +92,7 @@ class Encoded:
 
     buffer: TokenBuffer
     layout: FusionLayout
+    questions: list[str]  # distinct questions, in layout order
     prompts: list[list[int]]
     text_sums: dict[tuple[int, int | None], torch.Tensor]  # per frame range: [S_text, H] fp32
 
@@ -155,7 +156,7 @@ class Engine:
                 first = buffer.count
             if on_batch:
                 on_batch(batch)
-        return Encoded(buffer, layout, prompts, sums)
+        return Encoded(buffer, layout, questions, prompts, sums)
 
     def _timed(self, batches: Iterable[FrameBatch]):
         """The batches, with the wait for each recorded as the "decode" stage (decoding runs ahead in a thread:
@@ -218,11 +219,10 @@ class Engine:
         start, end = queries[members[0]].frame_range(encoded.frames)
         count = max(1, end - start)
         mean = encoded.text_sums[key] / count  # [S_text, H] fp32: the frames' average, as the reference
-        questions = list(dict.fromkeys(q.question for q in queries))
         frames = encoded.buffer.frames(start, end)
         embeds = []
         for i in members:
-            index = questions.index(queries[i].question)
+            index = encoded.questions.index(queries[i].question)
             prompt = self.model.fused_prompt(encoded.layout, index, mean)  # [L, H]
             at = encoded.prompts[index].index(IMAGE_TOKEN_INDEX)
             embeds.append((prompt[:at], prompt[at + 1 :]))
