@@ -1,35 +1,61 @@
-"""Exit codes and the one-line error contract (docs/design.md, CLI contract)."""
+"""Exit codes and the one-line error contract (docs/design.md, CLI contract).
+
+Every error a user can cause is a `VidminiError` subclass carrying its exit code; the CLI prints its message as one
+line. This module imports nothing of vidmini (everything imports it), so it can never close an import cycle.
+"""
 
 from __future__ import annotations
 
 import sys
 import traceback
 
-OK, FAILED, USAGE, BAD_INPUT, MODEL_LOAD, OUT_OF_MEMORY, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+OK, FAILED, USAGE, BAD_INPUT, MODEL_LOAD, OUT_OF_MEMORY, INTERRUPTED, TERMINATED = 0, 1, 2, 3, 4, 5, 130, 143
 
 
-class VidminiExit(Exception):
-    """Stop with this exit code and message (already one line)."""
+class VidminiError(Exception):
+    """An error meant for the user: the message is one line that says what is wrong and how to fix it."""
 
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
+    code = FAILED
+
+
+class UsageError(VidminiError):
+    """The command line asks for something impossible: a bad option value, a path we must not write."""
+
+    code = USAGE
+
+
+class BadInput(VidminiError):
+    """The input cannot be used: missing, unreadable, no video stream, nothing decodable."""
+
+    code = BAD_INPUT
+
+
+class ModelLoadError(VidminiError):
+    """The model cannot be loaded (offline and not cached included)."""
+
+    code = MODEL_LOAD
+
+
+class DeviceOutOfMemory(VidminiError):
+    """Even the smallest batch and chunk do not fit on the device."""
+
+    code = OUT_OF_MEMORY
 
 
 def exit_code_for(err: BaseException) -> int:
-    from vidmini.video.probe import VideoError
-
-    if isinstance(err, VidminiExit):
+    if isinstance(err, VidminiError):
         return err.code
     if isinstance(err, KeyboardInterrupt):
         return INTERRUPTED
-    if isinstance(err, VideoError):
-        return BAD_INPUT
-    if type(err).__name__ == "ModelLoadError":
-        return MODEL_LOAD
-    if type(err).__name__ in ("DeviceOutOfMemory", "OutOfMemoryError"):  # ours, or torch's unhandled one
+    torch = sys.modules.get("torch")  # only loaded torch can have raised its own out-of-memory error
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
         return OUT_OF_MEMORY
     return FAILED
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err)
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def report(err: BaseException, debug: bool) -> int:
@@ -40,8 +66,8 @@ def report(err: BaseException, debug: bool) -> int:
     if code == INTERRUPTED:
         message = "interrupted"
     elif code == FAILED:
-        message = f"unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (run with --debug for details)"
+        message = f"unexpected {type(err).__name__}: {first_line(err)} (run with --debug for details)"
     else:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = first_line(err)
     print(f"vidmini: error: {message}", file=sys.stderr)
     return code

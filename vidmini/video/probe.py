@@ -6,9 +6,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
+from vidmini.errors import BadInput
 
-class VideoError(Exception):
-    """Bad input (exit code 3). The message is one line, meant for the user."""
+
+class VideoError(BadInput):
+    """A video that cannot be used (exit code 3). The message is one line, meant for the user."""
 
 
 @dataclass
