@@ -38,29 +38,6 @@ def resize_positions(table: torch.Tensor, num_keys: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(dst * dst, -1).to(table.dtype)  # [N, D]
 
 
-class PackedAttention(nn.Module):
-    """Multi-head attention with nn.MultiheadAttention's parameter layout (packed q;k;v in_proj, out_proj)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        wq, wk, wv = self.in_proj_weight.chunk(3)
-        bq, bk, bv = self.in_proj_bias.chunk(3)
-        B, Q, D = q.shape
-        N = k.shape[1]
-        split = lambda x, n: x.view(B, n, self.heads, D // self.heads).transpose(1, 2)  # noqa: E731
-        q = split(F.linear(q, wq, bq), Q)  # [B, h, Q, d]
-        k = split(F.linear(k, wk, bk), N)  # [B, h, N, d]
-        v = split(F.linear(v, wv, bv), N)  # [B, h, N, d]
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, h, Q, d]
-        return self.out_proj(out.transpose(1, 2).reshape(B, Q, D))  # [B, Q, D]
-
-
 class Compressor(nn.Module):
     def __init__(self, grid: int, dim: int = 1024, heads: int = 8):
         super().__init__()
@@ -68,7 +45,8 @@ class Compressor(nn.Module):
         self.query = nn.Parameter(torch.empty(grid * grid, dim))
         # A fixed table, but stored in the checkpoint (the reference registers it as a frozen Parameter).
         self.pos_embed = nn.Parameter(torch.from_numpy(sincos_2d(dim, grid)).float(), requires_grad=False)
-        self.attn = PackedAttention(dim, heads)
+        # The reference's nn.MultiheadAttention: same module, so the checkpoint's in_proj/out_proj keys load as is.
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.ln_q = nn.LayerNorm(dim, eps=1e-5)
         self.ln_kv = nn.LayerNorm(dim, eps=1e-5)
 
@@ -84,4 +62,4 @@ class Compressor(nn.Module):
         keys = kv + resize_positions(self.pos_embed, N).to(kv.dtype)  # [B, N, D]
         query = self.ln_q(self.query) + self.pos_embed  # [C*C, D]
         query = query.to(kv.dtype).unsqueeze(0).expand(B, -1, -1)  # [B, C*C, D]
-        return self.attn(query, keys, kv)
+        return self.attn(query, keys, kv, need_weights=False)[0]  # [B, C*C, D]

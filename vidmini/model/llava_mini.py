@@ -7,6 +7,8 @@ State-dict names are the checkpoint's own (§4.2), so loading is a plain safeten
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig
@@ -17,12 +19,26 @@ from transformers.models.llama.modeling_llama import (
     LlamaPreTrainedModel,
 )
 
-from vidmini.model.compressor import Compressor, PackedAttention
+from vidmini import capacity
+from vidmini.model.checkpoint import (
+    TOWER_KEYS_PATTERN,
+    finish_loading,
+    prepare_config,
+    tower_in_checkpoint,
+)
+from vidmini.model.compressor import Compressor
 from vidmini.model.config import LlavaMiniConfig
-from vidmini.model.generate import generate_tokens, greedy, make_sampler
-from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout, additive_mask, run_prefusion
+from vidmini.model.prefusion import (
+    IMAGE_TOKEN_INDEX,
+    FusionLayout,
+    additive_mask,
+    run_prefusion,
+)
 from vidmini.model.projector import build_projector
 from vidmini.model.vision import VisionTower
+
+# Set by from_pretrained while it builds a model whose checkpoint leaves the tower to `mm_vision_tower`.
+_TOWER_EXPECTED_MISSING: ContextVar[bool] = ContextVar("vidmini_tower_expected_missing", default=False)
 
 
 class LlavaMiniModel(LlamaModel):
@@ -52,11 +68,13 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        if _TOWER_EXPECTED_MISSING.get():
+            self._keys_to_ignore_on_load_missing.add(TOWER_KEYS_PATTERN)  # post_init made it a per-instance set
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, PackedAttention):
+        if isinstance(module, nn.MultiheadAttention):
             nn.init.normal_(module.in_proj_weight, std=std)
             nn.init.zeros_(module.in_proj_bias)
         elif isinstance(module, Compressor):
@@ -68,13 +86,18 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        from vidmini.model.loading import finish_loading, prepare_config
-
         kwargs["config"] = prepare_config(pretrained_model_name_or_path, kwargs.get("config"), kwargs)
         kwargs["output_loading_info"] = True
         want_info = kwargs.pop("_vidmini_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        finish_loading(model, pretrained_model_name_or_path, info)
+        # The released checkpoint may leave the CLIP tower to `mm_vision_tower`: those keys are then expected to be
+        # missing (filled in by finish_loading), and transformers must not report them as "newly initialized".
+        tower_expected_missing = not tower_in_checkpoint(pretrained_model_name_or_path)
+        token = _TOWER_EXPECTED_MISSING.set(tower_expected_missing)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        finally:
+            _TOWER_EXPECTED_MISSING.reset(token)
+        finish_loading(model, pretrained_model_name_or_path, info, tower_expected_missing)
         return (model, info) if want_info else model
 
     # ---- properties used by the engine -------------------------------------------------------------------
@@ -89,10 +112,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
     @property
     def vision_prefix_len(self) -> int:
         """Tokens before the prompt in the pre-fusion sequence: vision tokens + compressed tokens."""
-        patches = self.model.vision_tower.num_patches
-        ratio = self.config.resolution_ratio
-        vision = patches * (ratio * ratio + 1) if ratio > 1 else patches
-        return vision + self.tokens_per_frame
+        return capacity.vision_prefix_len(self.config)
 
     # ---- vision -------------------------------------------------------------------------------------------
     def encode_frames(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,26 +184,17 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         return self.language_forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
 
     @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        max_new_tokens: int = 512,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float | None = None,
-        seed: int | None = None,
-        eos_token_id: int | list[int] | None = None,
-        **_ignored,
-    ) -> torch.Tensor:
-        """New token ids [1, k] (greedy unless do_sample), stopping at the checkpoint's eos ids."""
-        if pixel_values is not None:
-            pieces = self.llm_pieces(input_ids, pixel_values)
-        else:
-            pieces = [self.model.embed_tokens(input_ids[0].to(self.device))]
-        pick = make_sampler(temperature, top_p, seed) if do_sample else greedy
-        tokens = generate_tokens(self, pieces, max_new_tokens, self.eos_ids(eos_token_id), pick)
-        return torch.tensor([tokens], dtype=torch.long)
+    def generate(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None, **kwargs):
+        """transformers' `generate`, with every option it takes (streamer, sampling, beams, ...). With pixel_values,
+        the multimodal embeddings are built as the reference builds them and generation starts from them, so the
+        result holds the new tokens only (transformers' contract for `inputs_embeds`)."""
+        if pixel_values is None:
+            return super().generate(input_ids=input_ids, **kwargs)
+        if "inputs_embeds" in kwargs:
+            raise ValueError("pass input_ids with pixel_values, or inputs_embeds alone, not both")
+        embeds = torch.cat(self.llm_pieces(input_ids, pixel_values)).unsqueeze(0)  # [1, N, H]
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)  # [1, N]
+        return super().generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
     def eos_ids(self, override: int | list[int] | None = None) -> set[int]:
         eos = override if override is not None else getattr(self.generation_config, "eos_token_id", None)
@@ -198,3 +209,4 @@ def stitch_parts(parts: torch.Tensor, ratio: int) -> torch.Tensor:
     g = int(N**0.5)
     grid = parts.view(T, ratio, ratio, g, g, D).transpose(2, 3)  # [T, r, g, r, g, D]
     return grid.reshape(T, ratio * g * ratio * g, D)
+

@@ -2,72 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from vidmini.errors import ModelLoadError
 
 DEFAULT_MODEL = "ICTNLP/llava-mini-llama-3.1-8b"
-HUB_KWARGS = ("cache_dir", "local_files_only", "revision", "token", "force_download")
-TOWER_PREFIX = "model.vision_tower.vision_tower."
-
-
-class ModelLoadError(Exception):
-    """The model cannot be loaded; the message is one line that says which model, why, and how to fix it."""
-
-
-def _tower_location(tower: str, checkpoint: str) -> str:
-    """`mm_vision_tower` as a folder when it is one (relative paths resolve against the checkpoint folder)."""
-    if os.path.isdir(tower):
-        return tower
-    if os.path.isdir(checkpoint) and os.path.isdir(os.path.join(checkpoint, tower)):
-        return os.path.join(checkpoint, tower)
-    return tower
-
-
-def resolve_vision_config(tower: str, checkpoint: str, hub_kwargs: dict) -> tuple[dict, dict | None]:
-    """The CLIP tower's config (and its preprocessor config when found) for `mm_vision_tower`."""
-    from transformers import CLIPVisionConfig
-
-    from vidmini.model.config import CLIP_L14_336, CLIP_L14_336_CONFIG
-
-    location = _tower_location(tower, checkpoint)
-    if location == CLIP_L14_336 and not os.path.isdir(location):
-        return dict(CLIP_L14_336_CONFIG, model_type="clip_vision_model"), None
-    config = CLIPVisionConfig.from_pretrained(location, **hub_kwargs).to_dict()
-    processor = Path(location) / "preprocessor_config.json"
-    return config, json.loads(processor.read_text()) if processor.is_file() else None
-
-
-def prepare_config(name_or_path, config, kwargs: dict):
-    from vidmini.model.config import LlavaMiniConfig
-
-    hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-    if config is None:
-        config = LlavaMiniConfig.from_pretrained(name_or_path, **hub)
-    if config.vision_config is None:
-        config.vision_config, processor = resolve_vision_config(config.mm_vision_tower, str(name_or_path), hub)
-        if processor:
-            config.image_mean = list(processor.get("image_mean", config.image_mean))
-            config.image_std = list(processor.get("image_std", config.image_std))
-    return config
-
-
-def finish_loading(model, name_or_path, info: dict) -> None:
-    """Fill the vision tower from `mm_vision_tower` when the checkpoint has no tower keys; refuse other gaps."""
-    missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
-    tower_missing = [k for k in missing if k.startswith(TOWER_PREFIX)]
-    others = [k for k in missing if not k.startswith(TOWER_PREFIX)]
-    if others:
-        raise ModelLoadError(f"checkpoint {name_or_path} lacks {len(others)} weights, e.g. {others[0]}")
-    if tower_missing:
-        from transformers import CLIPVisionModel
-
-        location = _tower_location(model.config.mm_vision_tower, str(name_or_path))
-        tower = CLIPVisionModel.from_pretrained(location, dtype=model.model.vision_tower.dtype)
-        model.model.vision_tower.vision_tower.vision_model.load_state_dict(tower.state_dict())
-    model.model.compressor.pos_embed.requires_grad_(False)
-    model.eval()
 
 
 @dataclass
@@ -102,8 +42,9 @@ def pick_dtype(dtype: str, device: str):
     return names[dtype]
 
 
-def locate_checkpoint(model_id: str) -> str:
-    """A local folder holding the checkpoint: the path itself, or the Hub snapshot (downloaded when allowed)."""
+def locate_checkpoint(model_id: str, weights: bool = True) -> str:
+    """A local folder holding the checkpoint: the path itself, or the Hub snapshot (downloaded when allowed).
+    weights=False fetches the configs and tokenizer only (for plans that load nothing)."""
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a LLaVA-Mini checkpoint?")
@@ -113,7 +54,7 @@ def locate_checkpoint(model_id: str) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    patterns = ["*.json", "*.model", "*.txt", "*.jinja"] + (["*.safetensors"] if weights else [])
     try:
         return snapshot_download(model_id, allow_patterns=patterns)
     except RepositoryNotFoundError:
@@ -155,7 +96,7 @@ def quantization_config(quantize: str, dtype):
 
 
 def load_model(options: LoadOptions):
-    """(model, tokenizer or None) ready for inference on the chosen device."""
+    """(model, tokenizer) ready for inference on the chosen device."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -183,5 +124,5 @@ def load_model(options: LoadOptions):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
-        tokenizer = None
+        raise ModelLoadError(f"model {options.model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     return model, tokenizer

@@ -1,0 +1,101 @@
+"""Preparing a LLaVA-Mini checkpoint for `from_pretrained` (docs/llava-mini.md §4): the vision tower's config, which
+weights the checkpoint holds, and filling the tower from `mm_vision_tower` when the checkpoint has none.
+
+Imported by the model class; imports nothing of the model, so there is no cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from vidmini.errors import ModelLoadError
+
+HUB_KWARGS = ("cache_dir", "local_files_only", "revision", "token", "force_download")
+TOWER_PREFIX = "model.vision_tower.vision_tower."
+# The regex transformers matches against missing keys, for checkpoints whose tower comes from `mm_vision_tower`.
+TOWER_KEYS_PATTERN = r"^model\.vision_tower\.vision_tower\."
+
+
+def tower_location(tower: str, checkpoint: str) -> str:
+    """`mm_vision_tower` as a folder when it is one (relative paths resolve against the checkpoint folder)."""
+    if os.path.isdir(tower):
+        return tower
+    if os.path.isdir(checkpoint) and os.path.isdir(os.path.join(checkpoint, tower)):
+        return os.path.join(checkpoint, tower)
+    return tower
+
+
+def resolve_vision_config(tower: str, checkpoint: str, hub_kwargs: dict) -> tuple[dict, dict | None]:
+    """The CLIP tower's config (and its preprocessor config when found) for `mm_vision_tower`."""
+    from transformers import CLIPVisionConfig
+
+    from vidmini.model.config import CLIP_L14_336, CLIP_L14_336_CONFIG
+
+    location = tower_location(tower, checkpoint)
+    if location == CLIP_L14_336 and not os.path.isdir(location):
+        return dict(CLIP_L14_336_CONFIG, model_type="clip_vision_model"), None
+    config = CLIPVisionConfig.from_pretrained(location, **hub_kwargs).to_dict()
+    processor = Path(location) / "preprocessor_config.json"
+    return config, json.loads(processor.read_text()) if processor.is_file() else None
+
+
+def prepare_config(name_or_path, config, kwargs: dict):
+    from vidmini.model.config import LlavaMiniConfig
+
+    hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+    if config is None:
+        config = LlavaMiniConfig.from_pretrained(name_or_path, **hub)
+    if config.vision_config is None:
+        config.vision_config, processor = resolve_vision_config(config.mm_vision_tower, str(name_or_path), hub)
+        if processor:
+            config.image_mean = list(processor.get("image_mean", config.image_mean))
+            config.image_std = list(processor.get("image_std", config.image_std))
+    return config
+
+
+def weight_names(name_or_path) -> set[str] | None:
+    """The tensor names a checkpoint holds, read from the safetensors headers or index only (no weights);
+    None when they cannot be known without downloading (a Hub id whose metadata is out of reach)."""
+    folder = Path(str(name_or_path))
+    if folder.is_dir():
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            return set(json.loads(index.read_text())["weight_map"])
+        from safetensors import safe_open
+
+        names: set[str] = set()
+        for shard in folder.glob("*.safetensors"):
+            with safe_open(str(shard), "pt") as f:
+                names.update(f.keys())
+        return names
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        meta = get_safetensors_metadata(str(name_or_path))
+    except Exception:  # noqa: BLE001  offline or no metadata: the tower check then happens after loading
+        return None
+    return set(meta.weight_map)
+
+
+def tower_in_checkpoint(name_or_path) -> bool:
+    names = weight_names(name_or_path)
+    return names is None or any(n.startswith(TOWER_PREFIX) for n in names)
+
+
+def finish_loading(model, name_or_path, info: dict, tower_expected_missing: bool) -> None:
+    """Fill the vision tower from `mm_vision_tower` when the checkpoint has none; refuse any other gap."""
+    missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
+    tower_missing = [k for k in missing if k.startswith(TOWER_PREFIX)]
+    others = [k for k in missing if not k.startswith(TOWER_PREFIX)]
+    if others:
+        raise ModelLoadError(f"checkpoint {name_or_path} lacks {len(others)} weights, e.g. {others[0]}")
+    if tower_missing or tower_expected_missing:
+        from transformers import CLIPVisionModel
+
+        location = tower_location(model.config.mm_vision_tower, str(name_or_path))
+        tower = CLIPVisionModel.from_pretrained(location, dtype=model.model.vision_tower.dtype)
+        model.model.vision_tower.vision_tower.vision_model.load_state_dict(tower.state_dict())
+    model.model.compressor.pos_embed.requires_grad_(False)
+    model.eval()
