@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from transformers import StaticCache
+
+from vidmini.model.kv_cache import RewindableCache
 
 DEFAULT_CHUNK = 2048
 
 
-def new_cache(model, max_len: int) -> StaticCache:
+def new_cache(model, max_len: int) -> RewindableCache:
     """A KV cache for `max_len` positions, allocated on the first write (one buffer per layer, written by index)."""
-    return StaticCache(config=model.config, max_cache_len=max_len)
+    return RewindableCache(model.config, max_len)
 
 
 def chunks(pieces: Sequence[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
@@ -37,16 +38,19 @@ def chunks(pieces: Sequence[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
         yield pending[0] if len(pending) == 1 else torch.cat(pending)
 
 
-def _llm_step(model, embeds: torch.Tensor, start: int, cache: StaticCache, last_only: bool) -> torch.Tensor:
+def _llm_step(model, embeds: torch.Tensor, start: int, cache: RewindableCache, last_only: bool) -> torch.Tensor:
+    if cache.length != start:
+        raise ValueError(f"writing at position {start} into a cache of {cache.length} positions: rewind it first")
     position_ids = torch.arange(start, start + len(embeds), device=embeds.device).unsqueeze(0)  # [1, n]
     out = model.language_forward(
-        inputs_embeds=embeds.unsqueeze(0), position_ids=position_ids, cache=cache, logits_to_keep=1 if last_only else 0
+        inputs_embeds=embeds.unsqueeze(0), position_ids=position_ids, cache=cache.kv,
+        logits_to_keep=1 if last_only else 0,
     )
     return out.logits[0]  # [1 or n, V]
 
 
 @torch.no_grad()
-def prefill(model, pieces: Sequence[torch.Tensor], cache: StaticCache, chunk: int = DEFAULT_CHUNK,
+def prefill(model, pieces: Sequence[torch.Tensor], cache: RewindableCache, chunk: int = DEFAULT_CHUNK,
             start: int = 0) -> torch.Tensor:
     """Run the input (placed at positions start..) through the LLM; return the next-token logits [V].
     Only the last position of each chunk goes through lm_head: never [N, vocab] logits for a long video."""
@@ -57,19 +61,8 @@ def prefill(model, pieces: Sequence[torch.Tensor], cache: StaticCache, chunk: in
     return logits[-1]
 
 
-def rewind(cache: StaticCache, length: int) -> bool:
-    """Forget everything after the first `length` positions (they are overwritten next; the causal mask hides
-    them meanwhile). Lets several questions share one prefill of [prefix | frame tokens]."""
-    layers = getattr(cache, "layers", [])
-    if not layers or not all(hasattr(layer, "cumulative_length") for layer in layers):
-        return False
-    for layer in layers:
-        layer.cumulative_length.fill_(length)
-    return True
-
-
 @torch.no_grad()
-def decode_step(model, token: int, position: int, cache: StaticCache) -> torch.Tensor:
+def decode_step(model, token: int, position: int, cache: RewindableCache) -> torch.Tensor:
     """One generated token in, next-token logits [V] out."""
     device = model.get_input_embeddings().weight.device
     embeds = model.get_input_embeddings()(torch.tensor([token], device=device))  # [1, H]
@@ -94,28 +87,11 @@ def make_sampler(temperature: float, top_p: float | None, seed: int | None) -> C
     return sample
 
 
-def generate_tokens(
-    model,
-    pieces: Sequence[torch.Tensor],
-    max_new_tokens: int,
-    eos_ids: set[int],
-    pick: Callable[[torch.Tensor], int] = greedy,
-    on_token: Callable[[int], None] | None = None,
-    chunk: int = DEFAULT_CHUNK,
-    step_logits: list[torch.Tensor] | None = None,
-) -> list[int]:
-    """Prefill `pieces`, then decode until an eos id or `max_new_tokens`. Returns the new ids (eos excluded)."""
-    length = sum(len(p) for p in pieces)
-    cache = new_cache(model, length + max_new_tokens)
-    logits = prefill(model, pieces, cache, chunk)
-    return decode(model, logits, length, cache, max_new_tokens, eos_ids, pick, on_token, step_logits)
-
-
 def decode(
     model,
     logits: torch.Tensor,
     length: int,
-    cache: StaticCache,
+    cache: RewindableCache,
     max_new_tokens: int,
     eos_ids: set[int],
     pick: Callable[[torch.Tensor], int] = greedy,

@@ -1,0 +1,48 @@
+"""The LLM's KV cache: preallocated once (transformers' StaticCache, written by index), and rewindable, so that
+several questions share one prefill of [fused prefix | frame tokens] and each continues from there.
+
+Only public Cache methods are used (`get_seq_length`, `crop`); every rewind checks that it took effect, so a
+transformers release that changes their meaning fails loudly here instead of answering from a stale cache.
+"""
+
+from __future__ import annotations
+
+
+class CacheRewindError(RuntimeError):
+    """The cache could not be rewound: answering would read positions of another question."""
+
+
+class RewindableCache:
+    def __init__(self, config, max_len: int):
+        from transformers import StaticCache
+
+        self.max_len = max_len
+        self.kv = StaticCache(config=config, max_cache_len=max_len)  # allocated on the first write
+
+    @property
+    def length(self) -> int:
+        """Positions written so far."""
+        return int(self.kv.get_seq_length())
+
+    def rewind(self, length: int) -> None:
+        """Forget every position from `length` on; the next write lands at `length`."""
+        current = self.length
+        if not 0 <= length <= current:
+            raise CacheRewindError(f"cannot rewind a cache of {current} positions to {length}")
+        if length < current:
+            self.kv.crop(length - current)  # a negative count removes that many positions from the end
+        if self.length != length:
+            raise CacheRewindError(
+                f"the KV cache did not rewind to {length} positions (it holds {self.length}): transformers' "
+                "Cache.crop no longer does what vidmini relies on; pin the tested transformers version"
+            )
+
+    def allocated_bytes(self) -> int:
+        """Bytes of the key and value tensors actually allocated (0 before the first write)."""
+        total = 0
+        for layer in self.kv.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if tensor is not None:
+                    total += tensor.numel() * tensor.element_size()
+        return total
