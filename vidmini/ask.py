@@ -5,125 +5,18 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-import numpy as np
-
-from vidmini.cache import FrameCache
-from vidmini.engine import Engine, Query, bytes_per_frame
-from vidmini.video import DecodeReport, FrameBatch, FrameStream, StreamOptions, VideoError, make_plan, probe
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from vidmini.engine import Engine, Query
+from vidmini.sources import Sampling, Source, is_image, open_image, open_video
+from vidmini.video import StreamOptions, VideoError
 
 
-@dataclass
-class Sampling:
-    mode: str = "time"
-    fps: float = 1.0
-    max_frames: int | None = None
-    start: float | None = None
-    end: float | None = None
-
-
-@dataclass
-class Source:
-    path: str
-    kind: str  # "video" | "image"
-    total: int  # frames the model will see
-    duration_s: float | None
-    batches: Callable[[], Iterator[FrameBatch]]
-    report: DecodeReport = field(default_factory=DecodeReport)
-    notes: list[str] = field(default_factory=list)
-    from_cache: bool = False
-    decoder: str = ""
-    times_s: np.ndarray | None = None  # planned sample times (video sources)
-    cache: FrameCache | None = None
-
-
-def is_image(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
-
-
-def open_image(path: str, config) -> Source:
-    from PIL import Image, UnidentifiedImageError
-
-    from vidmini.model.preprocess import process_image
-
-    if not os.path.isfile(path):
-        raise VideoError(f"{path}: no such file")
-    try:
-        with Image.open(path) as image:
-            pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
-    except (UnidentifiedImageError, OSError) as err:
-        raise VideoError(f"{path}: not a readable image ({err})")
-    batch = FrameBatch(pixels[None], np.zeros(1), np.zeros(1, dtype=np.int64))
-    return Source(path, "image", 1, None, lambda: iter([batch]), decoder="pillow")
-
-
-def frame_capacity(engine: Engine, prompt_tokens: int) -> tuple[int, str]:
-    """How many frames fit: the LLM's context, and the memory left for the buffer + KV cache."""
-    import torch
-
-    model, cfg = engine.model, engine.model.config
-    per_frame_tokens = model.tokens_per_frame
-    context = (cfg.max_position_embeddings - prompt_tokens - engine.options.max_new_tokens) // per_frame_tokens
-    per_frame = bytes_per_frame(cfg, engine.dtype)
-    working = engine.batch_size * engine.working_bytes_per_frame() + 512 * 1024**2
-    if engine.device.type == "cuda":
-        free = torch.cuda.mem_get_info(engine.device)[0]
-    else:
-        free = _available_ram() // 2  # leave the other half to decoding, the OS and everyone else
-    memory = max(1, (free - working) // per_frame)
-    if memory < context:
-        return int(memory), f"memory left on {engine.device.type} for the token buffer and KV cache"
-    return int(context), f"the LLM's context ({cfg.max_position_embeddings} positions)"
-
-
-def _available_ram() -> int:
-    from vidmini.memory import proc_kib_field
-
-    return proc_kib_field("/proc/meminfo", "MemAvailable") or 8 * 1024**3
-
-
-def open_video(path: str, sampling: Sampling, capacity: tuple[int, str], stream: StreamOptions,
-               use_cache: bool) -> Source:
-    info = probe(path)
-    plan = make_plan(info, sampling.mode, sampling.fps, sampling.max_frames, sampling.start, sampling.end)
-    notes = list(info.notes)
-    limit, why = capacity
-    if len(plan) > limit:
-        wanted = len(plan)
-        if sampling.mode == "reference":
-            raise VideoError(f"{path}: {wanted} frames do not fit ({why}: {limit}); use --sampling time or --max-frames")
-        plan = make_plan(info, "time", sampling.fps, limit, sampling.start, sampling.end)
-        notes.append(f"{wanted} frames at {sampling.fps:g} fps do not fit ({why}); using {len(plan)} frames spread "
-                     f"over the whole video (one every {info.duration_s / len(plan):.2f} s)")
-    cache = FrameCache(path, plan.key()) if use_cache else None
-    if cache is not None and cache.exists():
-        return Source(path, "video", cache.meta()["count"], info.duration_s, lambda: cache.batches(stream.batch_size),
-                      cache.report(), notes, from_cache=True, decoder="cache", times_s=plan.times_s, cache=cache)
-    frames = FrameStream(info, plan, stream)
-    return Source(path, "video", len(plan), info.duration_s, lambda: _stream_into_cache(frames, cache, len(plan)),
-                  frames.report, notes, decoder=frames.backend, times_s=plan.times_s, cache=cache)
-
-
-def _stream_into_cache(stream: FrameStream, cache: FrameCache | None, expected: int) -> Iterator[FrameBatch]:
-    """Yield the stream's batches; keep a copy in the cache, committed only if the stream ends normally."""
-    if cache is None:
-        yield from stream
-        return
-    with cache.writer(expected) as writer:
-        for batch in stream:
-            if writer is not None:
-                writer.add(batch)
-            yield batch
-        if writer is not None:
-            writer.commit(stream.report)
+LOG_STEP_PERCENT = 10
 
 
 class Progress:
-    """Frames done / total, frames/s, stage and ETA on stderr (only on a terminal; silent in pipes and logs)."""
+    """Frames done / total, frames/s, stage and ETA on stderr: a live bar on a terminal; in pipes and logs, where a
+    bar would be noise, one line per 10 % of the frames."""
 
     def __init__(self, enabled: bool = True):
         from rich.console import Console
@@ -137,7 +30,9 @@ class Progress:
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
             disable=not self.enabled,
         )
+        self.log_lines = enabled and not self.console.is_terminal
         self.task = None
+        self.logged_percent = 0
         self.started = time.monotonic()
 
     def __enter__(self):
@@ -149,6 +44,7 @@ class Progress:
 
     def start(self, description: str, total: int) -> None:
         self.started = time.monotonic()
+        self.logged_percent = 0
         self.task = self.bar.add_task(description, total=total, rate="")
 
     def advance(self, n: int) -> None:
@@ -158,6 +54,15 @@ class Progress:
         done = self.completed(self.task)
         rate = done / max(1e-6, time.monotonic() - self.started)
         self.bar.update(self.task, rate=f"{rate:.1f} frames/s")
+        if self.log_lines:
+            self._log_line(done, rate)
+
+    def _log_line(self, done: float, rate: float) -> None:
+        task = next(t for t in self.bar.tasks if t.id == self.task)
+        percent = int(100 * done / max(1, task.total or 1)) // LOG_STEP_PERCENT * LOG_STEP_PERCENT
+        if percent > self.logged_percent:
+            self.logged_percent = percent
+            self.note(f"{task.description}: {percent}% ({int(done)}/{int(task.total or 0)} frames, {rate:.1f} frames/s)")
 
     def completed(self, task_id) -> float:
         return next((t.completed for t in self.bar.tasks if t.id == task_id), 0.0)
@@ -287,6 +192,6 @@ def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, us
     if is_image(path):
         return open_image(path, engine.model.config)
     prompt_tokens = max(len(engine.prompt_ids(q)) for q in questions)
-    capacity = frame_capacity(engine, prompt_tokens)
+    capacity = engine.frame_capacity(prompt_tokens)
     stream = StreamOptions(decoder=decoder, batch_size=engine.batch_size, workers=decode_workers)
     return open_video(path, sampling, capacity, stream, use_cache)

@@ -160,15 +160,6 @@ DtypeOpt = typer.Option(DtypeChoice.auto, "--dtype", help="auto = float16 on GPU
 QuantizeOpt = typer.Option(QuantizeChoice.none, "--quantize", help="bitsandbytes, CUDA only. Vision parts stay full precision.")
 
 
-def _load(model: str, device: str, dtype: str, quantize: str, vision_fp32: bool):
-    from vidmini.model.loading import LoadOptions, ModelLoadError, load_model
-
-    loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32))
-    if tokenizer is None:
-        raise ModelLoadError(f"model {model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    return loaded, tokenizer
-
-
 def _read_questions(questions: list[str]) -> list[str]:
     if questions:
         return questions
@@ -176,7 +167,7 @@ def _read_questions(questions: list[str]) -> list[str]:
         lines = [line.strip() for line in sys.stdin.read().splitlines()]
         if any(lines):
             return [line for line in lines if line]
-    raise errors.VidminiExit(errors.USAGE, "no question: give one after the video, or pipe questions (one a line) to stdin")
+    raise errors.UsageError("no question: give one after the video, or pipe questions (one a line) to stdin")
 
 
 @app.command()
@@ -216,14 +207,16 @@ def ask(
     """
     from vidmini.ask import Sampling, TextStreamer, run_ask
     from vidmini.memory import Recorder
-    from vidmini.model.loading import pick_device
+    from vidmini.model.loading import LoadOptions, load_model, pick_device
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
     if dry_run:
-        from vidmini.memory_report import dry_run as plan_run, print_dry_run
+        from vidmini.memory_report import dry_run as plan_run
+        from vidmini.memory_report import print_dry_run
 
-        plan = plan_run(model, str(video), sampling_opts, dtype, quantize, device, batch_size, max_new_tokens)
+        plan = plan_run(model, str(video), sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
+                        list(questions or []))
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
@@ -238,7 +231,7 @@ def ask(
         start_snapshot(pick_device(device))
     recorder = Recorder(memory=profile_memory, device=pick_device(device), interval_s=memory_interval)
     with recorder.stage("load"):
-        loaded, tokenizer = _load(model, device, dtype, quantize, vision_fp32)
+        loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32))
     result = run_ask(
         loaded, tokenizer, str(video), asked, model_name=model,
         sampling=sampling_opts, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers,
@@ -294,9 +287,9 @@ def summarize(
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     if not paths:
         if markdown is None:
-            raise errors.VidminiExit(errors.USAGE, "give video files or folders to summarize (or --markdown to render)")
+            raise errors.UsageError("give video files or folders to summarize (or --markdown to render)")
         if not out.exists():
-            raise errors.VidminiExit(errors.BAD_INPUT, f"{out}: no such report")
+            raise errors.BadInput(f"{out}: no such report")
         count = write_markdown(str(out), str(markdown))
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
@@ -304,34 +297,26 @@ def summarize(
         questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
         batch_size=batch_size, profile_memory=profile_memory, model_name=model)
-    load = dict(model=model, dtype=dtype, quantize=quantize, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                profile_memory=profile_memory)
+    from vidmini.engine import EngineOptions, build_engine
+    from vidmini.model.loading import LoadOptions
+
+    engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
     if devices:
         from vidmini.workers import run_on_devices
 
-        done, skipped, failed = run_on_devices([d.strip() for d in devices.split(",") if d.strip()],
-                                               [str(p) for p in paths], str(out), options, load, not quiet)
+        loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
+        done, skipped, failed = run_on_devices(loads, engine_options, profile_memory, [str(p) for p in paths],
+                                               str(out), options, not quiet)
     else:
-        done, skipped, failed = run_summarize(lambda: make_engine(device=device, **load), [str(p) for p in paths],
-                                              str(out), options, progress=not quiet)
+        load = LoadOptions(model, device, dtype, quantize)
+        done, skipped, failed = run_summarize(lambda: build_engine(load, engine_options, profile_memory),
+                                              [str(p) for p in paths], str(out), options, progress=not quiet)
     if markdown is not None:
         write_markdown(str(out), str(markdown))
     total_failed = sum(1 for r in Report(str(out)).read() if r.get("error"))
     print(f"vidmini: {done} file(s) processed ({failed} failed), {skipped} already in {out}", file=sys.stderr)
     if total_failed:
         raise typer.Exit(errors.BAD_INPUT)
-
-
-def make_engine(model: str, device: str, dtype: str, quantize: str, batch_size, max_new_tokens: int,
-                profile_memory: bool):
-    from vidmini.engine import Engine, EngineOptions
-    from vidmini.memory import Recorder
-    from vidmini.model.loading import pick_device
-
-    recorder = Recorder(memory=profile_memory, device=pick_device(device))
-    with recorder.stage("load"):
-        loaded, tokenizer = _load(model, device, dtype, quantize, False)
-    return Engine(loaded, tokenizer, EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens), recorder)
 
 
 def main(argv: list[str] | None = None) -> int:

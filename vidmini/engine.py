@@ -14,28 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from vidmini import capacity
+from vidmini.errors import DeviceOutOfMemory
 from vidmini.memory import Recorder
-from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill, rewind
+from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
 from vidmini.model.preprocess import normalization_table, normalize
 from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
 from vidmini.video.frames import FrameBatch
-
-
-def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """KV-cache bytes one LLM position costs: keys and values, every layer, the KV heads only (GQA)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
-
-
-def bytes_per_frame(config, dtype: torch.dtype) -> int:
-    """Device bytes each extra frame costs: its tokens in the buffer plus their KV-cache positions."""
-    tokens = config.compressor_size**2
-    return tokens * (config.hidden_size * torch.finfo(dtype).bits // 8 + kv_bytes_per_token(config, dtype))
-
-
-class DeviceOutOfMemory(Exception):
-    """Even the smallest batch and chunk do not fit on the device (exit code 5)."""
 
 
 @dataclass(frozen=True)
@@ -109,28 +95,17 @@ class Engine:
         self.dtype = model.compute_dtype
         self.recorder = recorder or Recorder(device=str(self.device))
         self.table = normalization_table(model.config.image_mean, model.config.image_std).to(self.device)
-        self.batch_size = self.options.batch_size or self.auto_batch_size()
+        self.batch_size = self.options.batch_size or capacity.auto_batch_size(model.config, self.dtype, self.device)
         self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
 
-    # ---- sizing -------------------------------------------------------------------------------------------
-    def working_bytes_per_frame(self, text_tokens: int = 128) -> int:
-        """Activation memory one frame needs in vision encode + pre-fusion (estimate, with headroom)."""
-        cfg = self.model.config
-        seq = self.model.vision_prefix_len + text_tokens
-        vision = self.model.model.vision_tower.vision_tower.vision_model.config
-        # live activations of one layer at a time (+ the residual stream), fp32 for CLIP at worst
-        clip = seq * (4 * vision.hidden_size + vision.intermediate_size) * 4
-        fusion = seq * (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * torch.finfo(self.dtype).bits // 8
-        return 2 * (clip + fusion)
-
-    def auto_batch_size(self) -> int:
-        if self.device.type != "cuda":
-            return 8
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return int(max(1, min(64, free * 0.5 // self.working_bytes_per_frame())))
-
     def kv_bytes_per_token(self) -> int:
-        return kv_bytes_per_token(self.model.config, self.dtype)
+        return capacity.kv_bytes_per_token(self.model.config, self.dtype)
+
+    def frame_capacity(self, prompt_tokens: int) -> capacity.Capacity:
+        """How many frames this engine can hold for prompts of `prompt_tokens` (capacity.frame_capacity)."""
+        free = capacity.free_bytes(self.device)
+        return capacity.frame_capacity(self.model.config, self.dtype, self.batch_size, free, prompt_tokens,
+                                       self.options.max_new_tokens)
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> list[int]:
@@ -240,10 +215,10 @@ class Engine:
         for i, (prefix, suffix) in zip(members, embeds):
             with self.recorder.stage("LLM prefill"):
                 if same_prefix:
-                    rewind(cache, shared_len)
+                    cache.rewind(shared_len)
                     logits = self._prefill([suffix], cache, shared_len)
                 else:
-                    rewind(cache, 0)
+                    cache.rewind(0)
                     logits = self._prefill([prefix, frames, suffix], cache, 0)
             with self.recorder.stage("answer decode"):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
@@ -261,14 +236,22 @@ class Engine:
                 if self.options.chunk <= 64:
                     raise DeviceOutOfMemory("out of device memory in the LLM prefill even in chunks of 64 tokens")
                 self.options.chunk //= 2
-                rewind(cache, start)
+                cache.rewind(start)
 
     def _measure_cache(self, cache, positions: int) -> None:
-        tensors = [t for layer in getattr(cache, "layers", []) for t in (getattr(layer, "keys", None),
-                                                                         getattr(layer, "values", None))
-                   if isinstance(t, torch.Tensor)]
-        if tensors:
-            self.measured_kv_bytes_per_token = sum(t.numel() * t.element_size() for t in tensors) // positions
+        allocated = cache.allocated_bytes()
+        if allocated:
+            self.measured_kv_bytes_per_token = allocated // positions
 
     def decode_text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def build_engine(load, options: EngineOptions, profile_memory: bool = False) -> Engine:
+    """Load the model (vidmini.model.loading.LoadOptions) and wrap it in an Engine; the load is timed as a stage."""
+    from vidmini.model.loading import load_model, pick_device
+
+    recorder = Recorder(memory=profile_memory, device=pick_device(load.device))
+    with recorder.stage("load"):
+        model, tokenizer = load_model(load)
+    return Engine(model, tokenizer, options, recorder)

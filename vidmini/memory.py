@@ -1,7 +1,9 @@
 """Where time and memory go, stage by stage.
 
 CPU: resident set size sampled by a light background thread (tracemalloc cannot see tensors). Device: the CUDA
-caching allocator's own counters (peak allocated / reserved), reset at each stage boundary. Stages can repeat
+caching allocator's own counters (peak allocated / reserved) of the run's own device, reset at each stage boundary.
+On CUDA every stage boundary synchronises the device, so a stage's time is the time its kernels ran, not the time
+it took to launch them. Stages can repeat
 (e.g. `vision encode` once per batch): their time adds up, their peaks are the maximum over all occurrences.
 """
 
@@ -41,9 +43,9 @@ def rss_bytes() -> int:
 class RssSampler:
     """Samples RSS (and, on CUDA, allocated device memory) every `interval_s` in a daemon thread."""
 
-    def __init__(self, interval_s: float = 0.05, cuda: bool = False):
+    def __init__(self, interval_s: float = 0.05, cuda_device: str | None = None):
         self.interval_s = interval_s
-        self.cuda = cuda
+        self.cuda_device = cuda_device
         self.samples: list[tuple[float, int, int]] = []  # (monotonic time, RSS, device bytes); thinned, below
         self._peak = 0
         self._window_peak = 0
@@ -67,10 +69,10 @@ class RssSampler:
     def sample(self) -> int:
         value = rss_bytes()
         device = 0
-        if self.cuda:
+        if self.cuda_device is not None:
             import torch
 
-            device = torch.cuda.memory_allocated()
+            device = torch.cuda.memory_allocated(self.cuda_device)
         with self._lock:
             self._peak = max(self._peak, value)
             self._window_peak = max(self._window_peak, value)
@@ -114,30 +116,38 @@ class Recorder:
     def __post_init__(self):
         self.t0 = time.monotonic()
         if self.memory:
-            self.sampler = RssSampler(self.interval_s, cuda=self.cuda).start()
+            self.sampler = RssSampler(self.interval_s, self.device if self.on_cuda else None).start()
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
 
     @property
     def cuda(self) -> bool:
-        return self.memory and self.device.startswith("cuda")
+        """Device memory figures are recorded (a CUDA run with memory profiling on)."""
+        return self.memory and self.on_cuda
 
     @contextmanager
     def stage(self, name: str):
         import torch
 
         stats = self.stages.setdefault(name, StageStats())
+        if self.on_cuda:
+            torch.cuda.synchronize(self.device)
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.device)
         if self.sampler:
             self.sampler.take_window_peak()
         start = time.monotonic()
         try:
             yield stats
         finally:
+            if self.on_cuda:
+                torch.cuda.synchronize(self.device)
             if self.cuda:
-                torch.cuda.synchronize()
-                stats.device_allocated_peak = max(stats.device_allocated_peak, torch.cuda.max_memory_allocated())
-                stats.device_reserved_peak = max(stats.device_reserved_peak, torch.cuda.max_memory_reserved())
+                stats.device_allocated_peak = max(stats.device_allocated_peak,
+                                                  torch.cuda.max_memory_allocated(self.device))
+                stats.device_reserved_peak = max(stats.device_reserved_peak, torch.cuda.max_memory_reserved(self.device))
             if self.sampler:
                 stats.cpu_rss_peak = max(stats.cpu_rss_peak, self.sampler.take_window_peak())
             end = time.monotonic()

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from vidmini import capacity
 from vidmini.memory import GIB, MB, Recorder, rss_bytes
-
-CARDS_GB = (24, 48, 80)  # cards are sold in GiB: a "24 GB" RTX 3090 has 24 GiB
-USABLE = 0.95  # the CUDA context and fragmentation take the rest
 
 
 def weights_by_component(model) -> dict[str, dict]:
@@ -54,7 +52,8 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
         for name, s in recorder.stages.items()
     }
     peak_device = max((s.device_allocated_peak for s in recorder.stages.values()), default=0) if recorder.cuda else None
-    fixed = (peak_device - slope * frames) if peak_device else weight_bytes + engine.batch_size * engine.working_bytes_per_frame()
+    working = engine.batch_size * capacity.working_bytes_per_frame(model.config, engine.dtype)
+    fixed = (peak_device - slope * frames) if peak_device else weight_bytes + working
     report = {
         "device": str(engine.device),
         "device_figures": "CUDA allocator counters" if recorder.cuda else "none: not a CUDA run (CPU figures only)",
@@ -72,21 +71,9 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
                      "measured": engine.measured_kv_bytes_per_token is not None},
         "slope_bytes_per_frame": slope,
         "fixed_bytes": int(fixed),
-        "projection": projection(fixed, slope, engine),
+        "projection": capacity.projection(fixed, slope, model.config),
     }
     return report
-
-
-def projection(fixed: float, slope: float, engine) -> dict:
-    """PROJECTION (not measured): the longest video at 1 fps whose frames fit next to the fixed memory."""
-    context = engine.model.config.max_position_embeddings // engine.model.tokens_per_frame
-    out = {"note": "projection from the measured per-frame slope; frames also capped by the LLM context"}
-    for gb in CARDS_GB:
-        frames = max(0, int((gb * GIB * USABLE - fixed) // slope)) if slope else 0
-        frames = min(frames, context)
-        out[f"{gb}GB"] = {"frames": frames, "hours_at_1fps": round(frames / 3600, 2),
-                          "limited_by": "context" if frames == context else "memory"}
-    return out
 
 
 def print_report(report: dict) -> None:
@@ -126,10 +113,10 @@ def print_report(report: dict) -> None:
 def check_plot_available() -> None:
     import importlib.util
 
-    from vidmini.errors import USAGE, VidminiExit
+    from vidmini.errors import UsageError
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise VidminiExit(USAGE, "--memory-plot needs matplotlib: pip install 'vidmini[plot]'")
+        raise UsageError("--memory-plot needs matplotlib: pip install 'vidmini[plot]'")
 
 
 def write_plot(recorder: Recorder, path: str) -> None:
@@ -164,10 +151,10 @@ def write_plot(recorder: Recorder, path: str) -> None:
 def start_snapshot(device: str) -> None:
     import torch
 
-    from vidmini.errors import USAGE, VidminiExit
+    from vidmini.errors import UsageError
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
-        raise VidminiExit(USAGE, "--memory-snapshot records the CUDA allocator: it needs a CUDA device")
+        raise UsageError("--memory-snapshot records the CUDA allocator: it needs a CUDA device")
     torch.cuda.memory._record_memory_history(max_entries=200_000)
 
 
@@ -181,60 +168,66 @@ def write_snapshot(path: str) -> None:
 
 # ---- will it fit, without running --------------------------------------------------------------------------------
 def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, device: str, batch_size: int | None,
-            max_new_tokens: int) -> dict:
-    """The plan from the checkpoint's config and the probe alone: frames, batch, expected peak memory."""
+            max_new_tokens: int, questions: list[str]) -> dict:
+    """The plan from the checkpoint's config and the probe alone (no weights are fetched or loaded): frames after
+    the same capacity rule `ask` applies, batch, expected peak memory."""
     import torch
 
-    from vidmini.ask import is_image
-    from vidmini.engine import bytes_per_frame, kv_bytes_per_token
+    from vidmini.model.checkpoint import prepare_config
     from vidmini.model.config import LlavaMiniConfig
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
-    from vidmini.model.loading import locate_checkpoint, pick_dtype, prepare_config
-    from vidmini.video import make_plan, probe
+    from vidmini.model.loading import locate_checkpoint, pick_device, pick_dtype
+    from vidmini.sources import is_image, plan_video
 
-    path = locate_checkpoint(model_id)
+    path = locate_checkpoint(model_id, weights=False)
     config = prepare_config(path, LlavaMiniConfig.from_pretrained(path), {})
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    prompt_tokens = _prompt_tokens(path, questions)
+    device = pick_device(device)
     dt = pick_dtype(dtype, device)
     with torch.device("meta"):
         model = LlavaMiniForCausalLM(config)
-    weights = weights_by_component(model)
-    bits = {"none": torch.finfo(dt).bits, "8bit": 8, "4bit": 4}[quantize]
-    per_param = {k: v["bytes"] // 4 for k, v in weights.items()}  # meta params are fp32: bytes / 4 = count
-    quantized = ("llm", "prefusion")
-    weight_bytes = sum(n * (bits if k in quantized else torch.finfo(dt).bits) // 8 for k, n in per_param.items())
+    weight_bytes = _weight_bytes(weights_by_component(model), quantize, torch.finfo(dt).bits)
+    batch = batch_size or capacity.auto_batch_size(config, dt, device)
     if is_image(video):
-        frames, duration = 1, None
+        wanted, duration = 1, None
     else:
-        info = probe(video)
-        frames, duration = len(make_plan(info, sampling.mode, sampling.fps, sampling.max_frames, sampling.start,
-                                         sampling.end)), info.duration_s
-    tpf = config.compressor_size**2
-    size = torch.finfo(dt).bits // 8
-    kv_token = kv_bytes_per_token(config, dt)
-    per_frame = bytes_per_frame(config, dt)
-    batch = batch_size or 16
-    vision_tokens = 576 + tpf + 128
-    working = batch * vision_tokens * (6 * config.hidden_size + 3 * config.intermediate_size) * size * 2
-    peak = weight_bytes + frames * per_frame + working + max_new_tokens * kv_token
-    fits = {f"{gb}GB": peak < gb * GIB * USABLE for gb in CARDS_GB}
-    return {"model": model_id, "video": video, "duration_s": duration, "frames": frames, "device": device,
+        info, plan = plan_video(video, sampling)
+        wanted, duration = len(plan), info.duration_s
+    limit = capacity.frame_capacity(config, dt, batch, capacity.free_bytes(device), prompt_tokens, max_new_tokens)
+    frames = min(wanted, limit.frames)
+    peak = capacity.expected_peak(weight_bytes, frames, config, dt, batch, max_new_tokens)
+    working = batch * capacity.working_bytes_per_frame(config, dt)
+    per_frame = capacity.bytes_per_frame(config, dt)
+    return {"model": model_id, "video": video, "duration_s": duration, "frames_planned": wanted, "frames": frames,
+            "frames_limited_by": limit.reason if frames < wanted else None, "device": device,
             "dtype": str(dt).replace("torch.", ""), "quantize": quantize, "batch_size": batch,
             "weights_bytes": weight_bytes, "per_frame_bytes": per_frame, "working_set_bytes": working,
-            "expected_peak_bytes": peak, "fits": fits,
-            "longest_video_at_1fps": projection(weight_bytes + working, per_frame, _ConfigOnly(config))}
+            "expected_peak_bytes": peak, "fits": capacity.fits_on_cards(peak),
+            "longest_video_at_1fps": capacity.projection(weight_bytes + working, per_frame, config)}
 
 
-class _ConfigOnly:
-    """What `projection` reads from an engine, for a model that was never loaded."""
+def _prompt_tokens(path: str, questions: list[str]) -> int:
+    """The longest prompt's token count, from the checkpoint's tokenizer (a few small files, no weights)."""
+    from transformers import AutoTokenizer
 
-    def __init__(self, config):
-        self.model = type("M", (), {"config": config, "tokens_per_frame": config.compressor_size**2})()
+    from vidmini.model.prompt import build_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return max(len(build_prompt_ids(tokenizer, q)) for q in questions or [""])
+
+
+def _weight_bytes(weights: dict, quantize: str, bits: int) -> int:
+    """Bytes of the weights once loaded: the LLM and pre-fusion at the quantized width, the rest at `bits`
+    (meta parameters are float32, so a component's byte count / 4 is its parameter count)."""
+    quant_bits = {"none": bits, "8bit": 8, "4bit": 4}[quantize]
+    return sum(v["bytes"] // 4 * (quant_bits if k in ("llm", "prefusion") else bits) // 8 for k, v in weights.items())
 
 
 def print_dry_run(plan: dict) -> None:
     lines = [
-        f"video: {plan['video']} ({plan['duration_s'] or 0:.0f} s) -> {plan['frames']} frames",
+        f"video: {plan['video']} ({plan['duration_s'] or 0:.0f} s) -> {plan['frames']} frames"
+        + (f" (of {plan['frames_planned']} planned; limited by {plan['frames_limited_by']})"
+           if plan["frames_limited_by"] else ""),
         f"model: {plan['model']} on {plan['device']}, {plan['dtype']}, quantize {plan['quantize']}, batch {plan['batch_size']}",
         f"weights {plan['weights_bytes'] / GIB:.2f} GiB + {plan['per_frame_bytes'] / 1e6:.3f} MB/frame x "
         f"{plan['frames']} + working set {plan['working_set_bytes'] / GIB:.2f} GiB",

@@ -194,8 +194,9 @@ def chapter_ranges(times_s, duration_s: float, minutes: float | None) -> list[tu
 
 
 def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> dict:
-    from vidmini.ask import Progress, Sampling, frame_capacity, open_video, run_queries
+    from vidmini.ask import Progress, run_queries
     from vidmini.engine import Query
+    from vidmini.sources import Sampling, open_video
     from vidmini.video import StreamOptions, VideoError
 
     started = time.monotonic()
@@ -206,8 +207,8 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
         return {**record, "error": f"{path}: {err.strerror or err}"}
     try:
         sampling = Sampling("time", options.fps, options.max_frames)
-        prompt_tokens = len(engine.prompt_ids(SUMMARY_PROMPT)) + 64
-        source = open_video(path, sampling, frame_capacity(engine, prompt_tokens),
+        prompt_tokens = max(len(engine.prompt_ids(q)) for q in [SUMMARY_PROMPT, CHAPTER_PROMPT, *options.questions])
+        source = open_video(path, sampling, engine.frame_capacity(prompt_tokens),
                             StreamOptions(decoder=options.decoder, batch_size=engine.batch_size), use_cache=False)
         chapters = chapter_ranges(source.times_s, source.duration_s, options.chapter_minutes)
         queries = [Query(SUMMARY_PROMPT)] + [Query(q) for q in options.questions]
@@ -291,6 +292,8 @@ class FolderProgress:
                    rate=f"{hours:.2f}/{self.total_hours:.2f} h of video")
         if record["error"]:
             self.file_bar.note(record["error"])
+        elif self.file_bar.log_lines:
+            self.file_bar.note(f"files {done}/{len(self.files)} ({hours:.2f}/{self.total_hours:.2f} h of video): {path}")
 
 
 def _quick_duration(path: str) -> float:

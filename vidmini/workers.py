@@ -10,17 +10,20 @@ import queue
 from vidmini.summarize import Report, SummarizeOptions, discover, plan_work
 
 
-def _worker(device: str, load: dict, options: SummarizeOptions, threads: int, tasks, results) -> None:
+def _worker(load, engine_options, profile_memory: bool, options: SummarizeOptions, threads: int, tasks,
+            results) -> None:
     import torch
 
-    from vidmini.cli import make_engine
+    from vidmini.engine import build_engine
+    from vidmini.errors import first_line
     from vidmini.summarize import summarize_file
 
+    device = load.device
     torch.set_num_threads(threads)
     try:
-        engine = make_engine(device=device, **load)
+        engine = build_engine(load, engine_options, profile_memory)
     except Exception as err:  # noqa: BLE001  reported by the parent as one line
-        results.put(("fatal", f"{device}: {str(err).splitlines()[0]}"))
+        results.put(("fatal", f"{device}: {first_line(err)}"))
         return
     while True:
         path = tasks.get()
@@ -31,9 +34,10 @@ def _worker(device: str, load: dict, options: SummarizeOptions, threads: int, ta
         results.put(("record", summarize_file(engine, path, options)))
 
 
-def run_on_devices(devices: list[str], paths: list[str], out: str, options: SummarizeOptions, load: dict,
-                   progress: bool = True) -> tuple[int, int, int]:
-    from vidmini.errors import MODEL_LOAD, VidminiExit
+def run_on_devices(loads: list, engine_options, profile_memory: bool, paths: list[str], out: str,
+                   options: SummarizeOptions, progress: bool = True) -> tuple[int, int, int]:
+    """One worker per LoadOptions (each names its device). Returns (done, skipped, failed) like run_summarize."""
+    from vidmini.errors import ModelLoadError, VidminiError
     from vidmini.summarize import FolderProgress
 
     report = Report(out)
@@ -44,11 +48,12 @@ def run_on_devices(devices: list[str], paths: list[str], out: str, options: Summ
     tasks, results = ctx.Queue(), ctx.Queue()
     for path in todo:
         tasks.put(path)
-    for _ in devices:
+    for _ in loads:
         tasks.put(None)
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
-    workers = [ctx.Process(target=_worker, args=(d, load, options, threads, tasks, results), daemon=True)
-               for d in devices]
+    threads = max(1, (os.cpu_count() or 1) // len(loads))
+    workers = [ctx.Process(target=_worker, args=(load, engine_options, profile_memory, options, threads, tasks,
+                                                 results), daemon=True)
+               for load in loads]
     for w in workers:
         w.start()
     done = failed = finished = 0
@@ -59,10 +64,10 @@ def run_on_devices(devices: list[str], paths: list[str], out: str, options: Summ
                     kind, payload = results.get(timeout=1.0)
                 except queue.Empty:
                     if not any(w.is_alive() for w in workers):
-                        raise VidminiExit(1, "every summarize worker stopped unexpectedly")
+                        raise VidminiError("every summarize worker stopped unexpectedly")
                     continue
                 if kind == "fatal":
-                    raise VidminiExit(MODEL_LOAD, payload)
+                    raise ModelLoadError(payload)
                 if kind == "finished":
                     finished += 1
                     continue

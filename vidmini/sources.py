@@ -1,0 +1,108 @@
+"""The inputs of a job: a video (probed, planned, decoded or read from the frame cache) or an image, as a Source
+that yields FrameBatches. Used by `ask`, `summarize` and the dry run; imports no model code."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vidmini.cache import FrameCache
+from vidmini.capacity import Capacity
+from vidmini.video import (
+    DecodeReport,
+    FrameBatch,
+    FrameStream,
+    StreamOptions,
+    VideoError,
+    make_plan,
+    probe,
+)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class Sampling:
+    mode: str = "time"
+    fps: float = 1.0
+    max_frames: int | None = None
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Source:
+    path: str
+    kind: str  # "video" | "image"
+    total: int  # frames the model will see
+    duration_s: float | None
+    batches: Callable[[], Iterator[FrameBatch]]
+    report: DecodeReport = field(default_factory=DecodeReport)
+    notes: list[str] = field(default_factory=list)
+    from_cache: bool = False
+    decoder: str = ""
+    times_s: np.ndarray | None = None  # planned sample times (video sources)
+    cache: FrameCache | None = None
+
+
+def is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+
+
+def open_image(path: str, config) -> Source:
+    from PIL import Image, UnidentifiedImageError
+
+    from vidmini.model.preprocess import process_image
+
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
+    except (UnidentifiedImageError, OSError) as err:
+        raise VideoError(f"{path}: not a readable image ({err})")
+    batch = FrameBatch(pixels[None], np.zeros(1), np.zeros(1, dtype=np.int64))
+    return Source(path, "image", 1, None, lambda: iter([batch]), decoder="pillow")
+
+
+def plan_video(path: str, sampling: Sampling):
+    """(probe info, sampling plan) before any capacity limit."""
+    info = probe(path)
+    return info, make_plan(info, sampling.mode, sampling.fps, sampling.max_frames, sampling.start, sampling.end)
+
+
+def open_video(path: str, sampling: Sampling, capacity: Capacity, stream: StreamOptions, use_cache: bool) -> Source:
+    info, plan = plan_video(path, sampling)
+    notes = list(info.notes)
+    limit, why = capacity.frames, capacity.reason
+    if len(plan) > limit:
+        wanted = len(plan)
+        if sampling.mode == "reference":
+            raise VideoError(f"{path}: {wanted} frames do not fit ({why}: {limit}); use --sampling time or --max-frames")
+        plan = make_plan(info, "time", sampling.fps, limit, sampling.start, sampling.end)
+        notes.append(f"{wanted} frames at {sampling.fps:g} fps do not fit ({why}); using {len(plan)} frames spread "
+                     f"over the whole video (one every {info.duration_s / len(plan):.2f} s)")
+    cache = FrameCache(path, plan.key()) if use_cache else None
+    if cache is not None and cache.exists():
+        return Source(path, "video", cache.meta()["count"], info.duration_s, lambda: cache.batches(stream.batch_size),
+                      cache.report(), notes, from_cache=True, decoder="cache", times_s=plan.times_s, cache=cache)
+    frames = FrameStream(info, plan, stream)
+    return Source(path, "video", len(plan), info.duration_s, lambda: _stream_into_cache(frames, cache, len(plan)),
+                  frames.report, notes, decoder=frames.backend, times_s=plan.times_s, cache=cache)
+
+
+def _stream_into_cache(stream: FrameStream, cache: FrameCache | None, expected: int) -> Iterator[FrameBatch]:
+    """Yield the stream's batches; keep a copy in the cache, committed only if the stream ends normally."""
+    if cache is None:
+        yield from stream
+        return
+    with cache.writer(expected) as writer:
+        for batch in stream:
+            if writer is not None:
+                writer.add(batch)
+            yield batch
+        if writer is not None:
+            writer.commit(stream.report)
