@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,3 +53,33 @@ def three_hour_video(tmp_path_factory) -> Path:
     from vidmini.testing.videos import make_video
 
     return Path(make_video(str(tmp_path_factory.mktemp("long") / "3h.mp4"), 3 * 3600, fps=1.0))
+
+
+@dataclass
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self):
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Run `vidmini ARGS...` in this process through the real entry point (vidmini.cli.main): exit code, stdout,
+    stderr. The frame cache goes to a temp folder; `stdin=` feeds standard input."""
+    from vidmini.cli import main
+
+    monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(*args, stdin: str | None = None) -> CliRun:
+        capsys.readouterr()
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return CliRun(code, out.out, out.err)
+
+    return run

@@ -73,15 +73,27 @@ def test_chapter_queries_equal_the_chapter_alone(tiny_model, frames):
 
 def test_buffer_is_written_by_index_and_kv_is_measured(tiny_model, frames):
     model, tok = tiny_model
-    answers, engine = engine_answers(model, tok, frames, [Query("Describe the scene.")])
+    engine = Engine(model, tok, EngineOptions(batch_size=5, max_new_tokens=2))
+    queries = [Query("Describe the scene.")]
+    encoded = engine.encode(batches(frames, 7), len(frames) + 3, queries)  # capacity beyond the frames delivered
+    buffer = encoded.buffer
+    pointer = buffer.data.data_ptr()
+    assert buffer.count == len(frames) and buffer.data.shape[0] == len(frames) + 3
+    table = normalization_table(model.config.image_mean, model.config.image_std)
+    with torch.no_grad():
+        for i in (0, 6, 7, len(frames) - 1):  # first, last of a decode batch, first of the next, last
+            vision, compressed = model.encode_frames(normalize(torch.from_numpy(frames[i : i + 1]), table))
+            alone, _ = model.fuse(vision, compressed, encoded.layout)  # [1, 1, H]
+            torch.testing.assert_close(buffer.frames(i, i + 1), alone[0])
+    engine.answer(encoded, queries)
+    assert buffer.data.data_ptr() == pointer  # never reallocated
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     assert engine.measured_kv_bytes_per_token == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4
 
 
 def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
-    from vidmini.engine import DeviceOutOfMemory
-    from vidmini.errors import OUT_OF_MEMORY, exit_code_for
+    from vidmini.errors import OUT_OF_MEMORY, DeviceOutOfMemory, exit_code_for
 
     model, tok = tiny_model
     engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=2))
@@ -105,14 +117,71 @@ def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
 
 def test_more_frames_than_fit_are_spread_over_the_whole_video(tiny_model, monkeypatch, tmp_path):
     """Over capacity (context or memory), vidmini samples fewer frames across the whole video and says so."""
-    import vidmini.ask
     from vidmini.ask import Sampling, run_ask
+    from vidmini.capacity import Capacity
     from conftest import REPO
 
     model, tok = tiny_model
-    monkeypatch.setattr(vidmini.ask, "frame_capacity", lambda engine, prompt_tokens: (10, "a test limit"))
+    monkeypatch.setattr(Engine, "frame_capacity", lambda engine, prompt_tokens: Capacity(10, "a test limit"))
     monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path))
     result = run_ask(model, tok, str(REPO / "sample_videos" / "scenes.mp4"), ["What?"], model_name="tiny",
                      sampling=Sampling(), max_new_tokens=2, progress=False)
     assert result["frames_used"] == 10
     assert any("40 frames at 1 fps do not fit (a test limit); using 10 frames" in n for n in result["notes"])
+
+
+def test_sampler_keeps_the_nucleus_and_is_seeded():
+    from vidmini.model.generate import make_sampler
+
+    logits = torch.log(torch.tensor([0.7, 0.2, 0.1]))
+    pick = make_sampler(temperature=1.0, top_p=0.8, seed=5)  # 0.7 < 0.8: the nucleus is {0, 1}
+    draws = [pick(logits) for _ in range(2000)]
+    assert set(draws) == {0, 1}
+    assert 0.70 < draws.count(0) / len(draws) < 0.86  # renormalised: 0.7 / 0.9 = 0.78
+    again = make_sampler(temperature=1.0, top_p=0.8, seed=5)
+    assert [again(logits) for _ in range(2000)] == draws
+    assert {make_sampler(1.0, 1e-9, None)(logits) for _ in range(50)} == {0}  # a tiny nucleus is greedy
+    cold = make_sampler(temperature=0.05, top_p=None, seed=1)  # low temperature sharpens towards the argmax
+    assert sum(cold(logits) == 0 for _ in range(200)) == 200
+
+
+def test_sampling_options_through_the_engine(tiny_model, frames):
+    model, tok = tiny_model
+    queries = [Query("What happens?")]
+
+    def answer(**sampling):
+        engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=12, **sampling))
+        return engine.answer(engine.encode(batches(frames[:6], 6), 6, queries), queries)[0]
+
+    greedy = answer()
+    assert answer(do_sample=True, temperature=1.0, top_p=1e-9, seed=0) == greedy
+    sampled = answer(do_sample=True, temperature=1.5, seed=7)
+    assert answer(do_sample=True, temperature=1.5, seed=7) == sampled
+    assert any(answer(do_sample=True, temperature=1.5, seed=s) != greedy for s in range(3))
+
+
+def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames, monkeypatch):
+    import vidmini.engine
+    from vidmini.errors import DeviceOutOfMemory
+
+    model, tok = tiny_model
+    queries = [Query("What happens?"), Query("Where is it?")]
+    engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=4))
+    encoded = engine.encode(batches(frames, 8), len(frames), queries)
+    expected = engine.answer(encoded, queries)
+    real = vidmini.engine.prefill
+    chunks = []
+
+    def tight(model_, pieces, cache, chunk, start=0):
+        chunks.append(chunk)
+        if chunk > 128:
+            raise torch.OutOfMemoryError("simulated")
+        return real(model_, pieces, cache, chunk, start)
+
+    monkeypatch.setattr(vidmini.engine, "prefill", tight)
+    engine.options.chunk = 512
+    assert engine.answer(encoded, queries) == expected  # chunked smaller, same answers
+    assert chunks[:3] == [512, 256, 128] and engine.options.chunk == 128
+    monkeypatch.setattr(vidmini.engine, "prefill", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    with pytest.raises(DeviceOutOfMemory, match="LLM prefill"):
+        engine.answer(encoded, queries)

@@ -67,17 +67,30 @@ def test_rss_agrees_with_the_kernel(profiled):
     assert vmhwm - sampled < max(40 * 2**20, 0.1 * vmhwm)  # the sampler sees the peak within 40 MB / 10%
 
 
-def test_projection_comes_from_the_measured_slope(profiled):
-    from vidmini.memory import GIB
-    from vidmini.memory_report import USABLE
+def test_projection_by_hand():
+    """A card holds (size x 95 % - fixed) / slope frames, capped by the context: numbers worked out by hand."""
+    from types import SimpleNamespace
+
+    from vidmini.capacity import projection
+    from vidmini.memory import GIB, MB
+
+    config = SimpleNamespace(max_position_embeddings=30000, compressor_size=1)
+    fixed = int(24 * 0.95 * GIB) - 3600 * MB  # leaves exactly 3600 frames of 1 MiB on a 24 GB card
+    out = projection(fixed, MB, config)
+    assert out["24GB"] == {"frames": 3600, "hours_at_1fps": 1.0, "limited_by": "memory"}
+    assert out["48GB"] == {"frames": 26947, "hours_at_1fps": 7.49, "limited_by": "memory"}  # + 22.8 GiB / 1 MiB
+    assert out["80GB"] == {"frames": 30000, "hours_at_1fps": 8.33, "limited_by": "context"}
+
+
+def test_reported_projection_uses_the_measured_slope(profiled, tiny_checkpoint):
+    from types import SimpleNamespace
+
+    from vidmini.capacity import projection
 
     memory = profiled[0]["memory"]
-    slope, fixed = memory["slope_bytes_per_frame"], memory["fixed_bytes"]
-    for gb in (24, 48, 80):
-        entry = memory["projection"][f"{gb}GB"]
-        expected = int((gb * GIB * USABLE - fixed) // slope)
-        assert entry["frames"] == min(expected, 131072)
-        assert entry["hours_at_1fps"] == round(entry["frames"] / 3600, 2)
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert memory["projection"] == projection(memory["fixed_bytes"], memory["slope_bytes_per_frame"],
+                                              SimpleNamespace(**config))
 
 
 def test_memory_plot_is_written(profiled):
@@ -85,28 +98,27 @@ def test_memory_plot_is_written(profiled):
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_dry_run_for_the_released_dimensions(tmp_path):
+def test_dry_run_for_the_released_dimensions(tmp_path, cli):
     """Weights of the 8B model in fp16 from its config alone: the spec's parameter counts (docs §2.4, §4.3)."""
-    from vidmini.testing.tiny_checkpoint import build_config
+    from vidmini.testing.tiny_checkpoint import build_config, build_tokenizer
     from vidmini.testing.videos import make_video
 
     build_config("8b", vocab_size=128256, mm_vision_tower="openai/clip-vit-large-patch14-336", vision_config=None,
                  prefusion_layer_num=4).save_pretrained(tmp_path / "cfg")
+    build_tokenizer().save_pretrained(tmp_path / "cfg")  # the dry run counts the prompt's tokens
     video = make_video(str(tmp_path / "v.mp4"), 60, fps=1.0)
-    out = subprocess.run([sys.executable, "-m", "vidmini", "ask", "--dry-run", "--json", "--dtype", "float16",
-                          "--model", str(tmp_path / "cfg"), video], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    plan = json.loads(out.stdout)
+    out = cli("ask", "--dry-run", "--json", "--dtype", "float16", "--model", tmp_path / "cfg", video)
+    assert out.code == 0, out.stderr
+    plan = out.json
     params = 8.030e9 + 0.8724e9 + 0.0210e9 + 0.0042e9 + 0.3035e9  # LLM, pre-fusion, projector, compressor, CLIP
     assert plan["weights_bytes"] == pytest.approx(2 * params, rel=0.01)
     assert plan["frames"] == 60 and plan["per_frame_bytes"] == 4096 * 2 + 2 * 32 * 8 * 128 * 2
 
 
-def test_snapshot_without_cuda_is_a_clear_usage_error(tiny_checkpoint, tmp_path):
+def test_snapshot_without_cuda_is_a_clear_usage_error(tiny_checkpoint, tmp_path, cli):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    out = subprocess.run([sys.executable, "-m", "vidmini", "ask", "--memory-snapshot", str(tmp_path / "s.pickle"),
-                          "--model", str(tiny_checkpoint), SAMPLE, "What?"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "needs a CUDA device" in out.stderr
+    out = cli("ask", "--memory-snapshot", tmp_path / "s.pickle", "--model", tiny_checkpoint, SAMPLE, "What?")
+    assert out.code == 2 and "needs a CUDA device" in out.stderr

@@ -16,7 +16,7 @@ from vidmini.model.prefusion import FusionLayout
 def reference_compressor(comp: Compressor, x: torch.Tensor) -> torch.Tensor:
     """The spec's formula on torch's own nn.MultiheadAttention, loaded with the same weights."""
     dim = comp.query.shape[1]
-    mha = torch.nn.MultiheadAttention(dim, comp.attn.heads, batch_first=True)
+    mha = torch.nn.MultiheadAttention(dim, comp.attn.num_heads, batch_first=True)
     mha.load_state_dict({"in_proj_weight": comp.attn.in_proj_weight, "in_proj_bias": comp.attn.in_proj_bias,
                          "out_proj.weight": comp.attn.out_proj.weight, "out_proj.bias": comp.attn.out_proj.bias})
     c, n = comp.grid, int(math.isqrt(x.shape[1]))
@@ -142,6 +142,16 @@ def test_select_layer_runs_only_needed_layers():
     with torch.no_grad():
         full = tower.vision_tower.vision_model(pixel_values=pv, output_hidden_states=True).hidden_states[-2][:, 1:]
         torch.testing.assert_close(tower(pv), full)
+
+
+def test_stitch_parts_places_each_sub_image_in_the_raster():
+    """Four 2x2 sub-images (row-major: top-left, top-right, bottom-left, bottom-right) into one 4x4 raster,
+    worked out by hand: value = 10 * part + position in the part."""
+    from vidmini.model.llava_mini import stitch_parts
+
+    parts = torch.tensor([[10 * p + i for i in range(4)] for p in range(4)], dtype=torch.float32)  # [4, 4]
+    raster = stitch_parts(parts.view(1, 4, 4, 1), 2)  # [1, 16, 1]
+    assert raster.view(4, 4).tolist() == [[0, 1, 10, 11], [2, 3, 12, 13], [20, 21, 30, 31], [22, 23, 32, 33]]
 
 
 def test_hd_mode_stitches_sub_images():

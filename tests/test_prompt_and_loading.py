@@ -80,7 +80,7 @@ def test_tower_loaded_from_mm_vision_tower_when_checkpoint_lacks_it(tmp_path):
 
 
 def test_released_tower_config_is_known_offline():
-    from vidmini.model.loading import resolve_vision_config
+    from vidmini.model.checkpoint import resolve_vision_config
 
     config, processor = resolve_vision_config("openai/clip-vit-large-patch14-336", "ICTNLP/llava-mini-llama-3.1-8b", {})
     assert (config["hidden_size"], config["num_hidden_layers"], config["image_size"]) == (1024, 24, 336)
