@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VIDEO ?= sample_videos/scenes.mp4
 QUESTION ?= What colours does the screen show, in order?
 
-.PHONY: install test bench demo demo-offline samples clean
+.PHONY: install test test-lowest bench bench-gpu demo demo-offline samples clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,22 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# The lowest versions pyproject.toml declares (each dependency pinned to its lower bound), on the checks that
+# exercise the APIs we call in them: reference equality, the multi-question cache rewind, loading.
+LOWEST ?= .venv-lowest
+$(LOWEST)/.installed: pyproject.toml .ci/lowest_constraints.py
+	python3 -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST)/bin/python -m pip install -q "$(TORCH)"
+	python3 .ci/lowest_constraints.py dev > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python -m pip install -q -c $(LOWEST)/constraints.txt -e ".[dev]"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -c "import transformers, torch; print('lowest declared: transformers', transformers.__version__, 'torch', torch.__version__)"
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider tests/test_model_fixture.py tests/test_foundations.py \
+		tests/test_engine.py -k "not device_check"
+
 demo: install
 	$(VENV)/bin/vidmini ask $(VIDEO) "$(QUESTION)"
 
@@ -31,6 +47,10 @@ demo-offline: install
 bench: install
 	$(PY) bench/decode.py
 	$(PY) bench/engine.py
+
+# On a machine with a CUDA GPU: every GPU figure of the README in one run (bench/results/device_check.json).
+bench-gpu: install
+	$(PY) bench/device_check.py
 
 samples: install
 	$(PY) sample_videos/make_samples.py
