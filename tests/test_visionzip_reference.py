@@ -2,7 +2,7 @@
 
 The fixture holds a tiny random 24-layer CLIP (577 tokens, like CLIP-L/14-336), its inputs, and what the
 reference (dvlab-research/VisionZip, run under transformers 4.37.2) returned for each budget; see
-tests/fixtures/README.visionzip.md for how it was made. Here the same weights run in this transformers (SDPA).
+tests/fixtures/visionzip_reference.README.md for how it was made. Here the same weights run in this transformers (SDPA).
 """
 
 from __future__ import annotations
