@@ -181,7 +181,7 @@ def select_and_merge(
             f"VisionZip budget {dominant}+{contextual} does not fit {n} tokens; using "
             f"{budget.dominant}+{budget.contextual}",
             BudgetClamped,
-            stacklevel=3,
+            stacklevel=2,
         )
     dom_idx = select_dominant(scores, budget.dominant, has_cls)  # [B, D]
     dominant_tokens = _gather(hidden, dom_idx)  # [B, D, F]
