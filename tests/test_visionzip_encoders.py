@@ -172,3 +172,17 @@ def test_half_precision_model():
     model = clip().to(torch.bfloat16)
     tokens, idx = reduce_tokens(model, pixels().to(torch.bfloat16), dominant=5, contextual=3)
     assert tokens.dtype == torch.bfloat16 and torch.isfinite(tokens.float()).all() and tokens.shape == (2, 8, 32)
+
+
+def test_concurrent_calls_on_one_model_do_not_see_each_others_hooks():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = clip(layers=4)
+    inputs = [pixels(1, seed) for seed in range(6)]
+    layers = [-1, -2, 0, 1, -1, 2]
+    alone = [reduce_tokens(model, pv, 4, 2, layer=l) for pv, l in zip(inputs, layers)]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda a: reduce_tokens(model, a[0], 4, 2, layer=a[1]), zip(inputs, layers)))
+    for (t1, i1), (t2, i2) in zip(alone, together):
+        assert torch.equal(i1, i2) and torch.equal(t1, t2)
+    assert all(not l._forward_hooks and not l._forward_pre_hooks for l in model.encoder.layers)
