@@ -52,7 +52,7 @@ def test_scores_equal_the_reference_cls_attention(reference):
     signals = layer_signals(model, pixels, layer=-2)
     assert signals.has_cls and signals.hidden.shape[1] == 577
     ours = signals.scores[:, 1:].numpy()  # [B, 576] CLS column dropped, as the reference ranks
-    np.testing.assert_allclose(ours, data["cls_scores"], rtol=0, atol=1e-8)  # measured 4.2e-9; the smallest gap at a cut is 5.8e-8
+    np.testing.assert_allclose(ours, data["cls_scores"], rtol=0, atol=1e-8)  # measured 4.7e-9; the smallest gap at a cut is 1.7e-7
 
 
 PAPER = [(54, 10), (108, 20), (128, 32), (162, 30)]
