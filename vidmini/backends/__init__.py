@@ -1,0 +1,1 @@
+"""Models other than LLaVA-Mini, as sources of per-frame LLM tokens for the streaming engine."""

@@ -1,0 +1,153 @@
+"""Hugging Face video VLMs as per-frame token sources, optionally reduced by VisionZip (prototype for issue 13).
+
+Two families that transformers ships natively, loaded with their own classes:
+
+| family | vision tower | layer | tokens per frame (native) | after the last frame |
+|---|---|---|---|---|
+| `llava_next_video` (LlavaNextVideoForConditionalGeneration) | CLIP-L/14-336, CLS dropped ("default") | -2 | 24x24 -> 2x2 average pool -> 144 | nothing |
+| `llava_onevision` (LlavaOnevisionForConditionalGeneration) | SigLIP-384/14, 26 layers, no CLS | -1 | 27x27 -> projector -> bilinear -> 14x14 = 196 | one `image_newline` |
+
+(transformers 5.24: `get_video_features` of each model; the processors expand `<video>` to frames x 144, or
+frames x 196 + 1.)
+
+With `tokens_per_frame=K` below the native count, each frame keeps K tokens chosen by VisionZip **in the token
+space the LLM sees per frame**, i.e. after the model's own pooling: the features are pooled by the model's own
+code, and the scores (attention mass) and keys are pooled over the same 2-D cells, as the VisionZip ports for
+LLaVA-OneVision / LLaVA-Video do (HoliTom, DyToK). So K = native (or more) is exactly the model's own output, and
+smaller K keeps D dominant + C contextual tokens with D:C = 54:10 (the paper's 64-token split).
+Frames are independent and question-independent, so the tokens can be cached per video.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vidmini.reduce.visionzip import layer_signals, select_and_merge
+
+FAMILIES = ("llava_next_video", "llava_onevision")
+
+
+@dataclass(frozen=True)
+class FrameBudget:
+    dominant: int
+    contextual: int
+
+    @classmethod
+    def split(cls, k: int, dominant_share: float = 54 / 64) -> FrameBudget:
+        """K tokens -> D + C at the paper's ratio (54:10 at K = 64); at least one dominant token."""
+        if k < 1:
+            raise ValueError(f"tokens per frame must be >= 1 (got {k})")
+        d = min(k, max(1, round(k * dominant_share)))
+        return cls(d, k - d)
+
+
+def _grid(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """[B, N, F] with N a square -> [B, F, g, g]."""
+    g = math.isqrt(x.shape[1])
+    if g * g != x.shape[1]:
+        raise ValueError(f"{x.shape[1]} tokens are not a square grid")
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], g, g), g
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """[B, F, h, w] -> [B, h*w, F]."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class VideoBackend:
+    """Per-frame LLM-ready tokens [T, K, H] from one of the two families, and the model's prompt around them."""
+
+    def __init__(self, model, tokens_per_frame: int | None = None, budget: FrameBudget | None = None):
+        family = model.config.model_type
+        if family not in FAMILIES:
+            raise ValueError(f"unsupported model type {family!r}; supported: {', '.join(FAMILIES)}")
+        if not isinstance(model.config.vision_feature_layer, int):
+            raise NotImplementedError("several vision feature layers are not supported")
+        self.model, self.family, self.core = model, family, model.model
+        vc = model.config.vision_config
+        grid = vc.image_size // vc.patch_size
+        self.native_tokens_per_frame = (grid // model.config.spatial_pool_stride) ** 2 \
+            if family == "llava_next_video" else math.ceil(grid / 2) ** 2
+        if budget is None and tokens_per_frame is not None and tokens_per_frame < self.native_tokens_per_frame:
+            budget = FrameBudget.split(tokens_per_frame)
+        self.budget = budget  # None: the model's own tokens
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.native_tokens_per_frame if self.budget is None else self.budget.dominant + self.budget.contextual
+
+    def video_end(self) -> torch.Tensor:
+        """Tokens after the last frame of a video: [1, H] (OneVision's newline) or [0, H]."""
+        newline = self.core.image_newline[None]  # [1, H]
+        return newline if self.family == "llava_onevision" else newline[:0]
+
+    @torch.no_grad()
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [T, 3, S, S] (the model's video processor output for T frames) -> [T, K, H]."""
+        if self.budget is None:
+            return self._native(pixel_values)
+        if self.family == "llava_next_video":
+            return self._reduced_next_video(pixel_values)
+        return self._reduced_onevision(pixel_values)
+
+    def _native(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        t = pixel_values.shape[0]
+        out = self.core.get_video_features(pixel_values[None], return_dict=True).pooler_output  # [1, T*K (+1), H]
+        return out[0, : t * self.native_tokens_per_frame].view(t, self.native_tokens_per_frame, -1)
+
+    def _signals(self, pixel_values: torch.Tensor):
+        cfg = self.model.config
+        s = layer_signals(self.core.vision_tower, pixel_values, cfg.vision_feature_layer)
+        hidden, metric, scores = s.hidden, s.metric, s.scores  # [T, N, Dv], [T, N, d], [T, N]
+        if cfg.vision_feature_select_strategy == "default":  # the model drops token 0; so do its scores and keys
+            hidden, metric, scores = hidden[:, 1:], metric[:, 1:], scores[:, 1:]
+        return hidden, metric, scores
+
+    def _reduced_next_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden, metric, scores = self._signals(pixel_values)
+        stride = self.model.config.spatial_pool_stride
+        pooled = self.core.vision_resampler(hidden)  # [T, K0, Dv] the model's own pooling
+        cell_scores = _flat(F.avg_pool2d(_grid(scores[..., None])[0], stride) * stride**2)[..., 0]  # mass per cell
+        cell_metric = _flat(F.avg_pool2d(_grid(metric)[0], stride))  # [T, K0, d]
+        tokens, _ = select_and_merge(pooled, cell_metric, cell_scores, *self._split(), has_cls=False)
+        return self.core.multi_modal_projector(tokens)  # [T, K, H]
+
+    def _reduced_onevision(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden, metric, scores = self._signals(pixel_values)
+        pooled = self.core.apply_pooling(self.core.multi_modal_projector(hidden))  # [T, K0, H] the model's own
+        side = math.isqrt(pooled.shape[1])
+
+        def like_pooling(x):  # the same bilinear resize as apply_pooling, on scores and keys
+            return _flat(F.interpolate(_grid(x)[0], size=(side, side), mode="bilinear"))
+
+        cell_scores = like_pooling(scores[..., None])[..., 0]
+        tokens, _ = select_and_merge(pooled, like_pooling(metric), cell_scores, *self._split(), has_cls=False)
+        return tokens
+
+    def _split(self) -> tuple[int, int]:
+        return self.budget.dominant, self.budget.contextual
+
+    # ---- the LLM side ----------------------------------------------------------------------------------------
+    def prompt_ids(self, processor, question: str) -> tuple[list[int], list[int]]:
+        """The model's own chat format for one video + question, split around the (single) video placeholder."""
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        ids = tokenizer(text).input_ids
+        video = self.model.config.video_token_id
+        if ids.count(video) != 1:
+            raise ValueError(f"the chat template gave {ids.count(video)} video placeholders, expected 1")
+        at = ids.index(video)
+        return ids[:at], ids[at + 1 :]
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        emb = self.model.get_input_embeddings()
+        return emb(torch.tensor(ids, device=emb.weight.device))  # [L, H]
+
+    def language_forward(self, **kwargs):
+        """The LLM alone (inputs_embeds, position_ids, cache, logits_to_keep): no pixels, so no placeholder check."""
+        return self.model(**kwargs)
