@@ -7,6 +7,7 @@ import sys
 import time
 
 from vidmini.engine import Engine, Query
+from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length, cost_note
 from vidmini.sources import Sampling, Source, is_image, open_image, open_video
 from vidmini.video import StreamOptions, VideoError
 
@@ -136,7 +137,7 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
             decoder: str = "auto", batch_size: int | None = None, max_new_tokens: int = 512,
             temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
             profile_memory: bool = False, progress: bool = True, streamer=None, recorder=None,
-            decode_workers: int = 1) -> dict:
+            decode_workers: int = 1, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS) -> dict:
     """The whole `ask` job. Returns the --json object; streams answers through `streamer` when given."""
     from vidmini.engine import EngineOptions
     from vidmini.memory import Recorder
@@ -147,11 +148,13 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
                             temperature=temperature or 1.0, top_p=top_p, seed=seed)
     try:
         engine = Engine(model, tokenizer, options, recorder)
+        counts = check_length(tokenizer, questions, max_question_tokens)
         queries = [Query(q) for q in questions]
         with Progress(enabled=progress) as bar:
             with recorder.stage("open"):
                 source = _open_source(engine, path, sampling, decoder, use_cache, questions, decode_workers)
-            for note in source.notes:
+            cost = cost_note(counts, source.total)
+            for note in source.notes + ([cost] if cost else []):
                 bar.note(note)
             stream = streamer(engine, queries) if streamer else None
             answers, encoded = run_queries(engine, source, queries, bar, on_token=stream.token if stream else None,

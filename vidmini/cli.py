@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands that need them, s
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Optional
 import typer
 
 from vidmini import errors
+from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS
 
 app = typer.Typer(
     name="vidmini",
@@ -80,17 +82,18 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout,
 
 
 def _probe_record(path: str, fps: float, max_frames, sampling: str, decoder: str) -> dict:
-    from vidmini.video import VideoError, choose_backend, make_plan, probe
+    from vidmini.sources import Sampling, plan_video
+    from vidmini.video import choose_backend
 
     record = {"path": path, "ok": False, "error": None}
     try:
-        info = probe(path)
-        record.update(info.to_dict())
-        plan = make_plan(info, sampling, fps, max_frames)
-        backend, why = choose_backend(info, plan, decoder)
-        record.update(ok=True, sampled_frames=len(plan), decoder=backend, decoder_reason=why)
-    except VideoError as err:
-        record["error"] = str(err)
+        planned = plan_video(path, Sampling(sampling, fps, max_frames))  # the same plan `ask` makes
+        record.update(planned.info.to_dict())
+        backend, why = choose_backend(planned.info, planned.plan, decoder)
+        record.update(ok=True, sampled_frames=len(planned.plan), decoder=backend, decoder_reason=why,
+                      notes=planned.notes)
+    except (errors.BadInput, OSError) as err:  # one unreadable file must not cost the others their lines
+        record["error"] = errors.first_line(err)
     record.pop("path", None)
     return {"path": path, **record}
 
@@ -155,18 +158,26 @@ def probe(
 
 ModelOpt = typer.Option("ICTNLP/llava-mini-llama-3.1-8b", "--model", envvar="VIDMINI_MODEL",
                         help="Hugging Face Hub id or local folder of a LLaVA-Mini checkpoint.")
-DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.")
+def _check_device(value: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
+        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+    return value
+
+
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.", callback=_check_device)
 DtypeOpt = typer.Option(DtypeChoice.auto, "--dtype", help="auto = float16 on GPU, float32 on CPU.")
 QuantizeOpt = typer.Option(QuantizeChoice.none, "--quantize", help="bitsandbytes, CUDA only. Vision parts stay full precision.")
 
 
 def _read_questions(questions: list[str]) -> list[str]:
+    from vidmini.questions import check_text, read_stdin
+
     if questions:
-        return questions
+        return check_text(questions)
     if sys.stdin is not None and not sys.stdin.isatty():
-        lines = [line.strip() for line in sys.stdin.read().splitlines()]
-        if any(lines):
-            return [line for line in lines if line]
+        lines = read_stdin(sys.stdin)
+        if lines:
+            return check_text(lines)
     raise errors.UsageError("no question: give one after the video, or pipe questions (one a line) to stdin")
 
 
@@ -199,6 +210,7 @@ def ask(
     memory_snapshot: Optional[Path] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
     memory_plot: Optional[Path] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
+    max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer questions: each question runs through pre-fusion with every frame, so its length multiplies the work."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Answer QUESTIONS about VIDEO. Answers stream to stdout; progress and notes go to stderr.
@@ -208,6 +220,7 @@ def ask(
     from vidmini.ask import Sampling, TextStreamer, run_ask
     from vidmini.memory import Recorder
     from vidmini.model.loading import LoadOptions, load_model, pick_device
+    from vidmini.sources import check_input
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
@@ -216,7 +229,7 @@ def ask(
         from vidmini.memory_report import print_dry_run
 
         plan = plan_run(model, str(video), sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
-                        list(questions or []))
+                        _read_questions(questions) if questions else [])
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
@@ -229,6 +242,7 @@ def ask(
         from vidmini.memory_report import start_snapshot
 
         start_snapshot(pick_device(device))
+    check_input(str(video))  # a missing or unreadable file is one line now, not after a model load
     recorder = Recorder(memory=profile_memory, device=pick_device(device), interval_s=memory_interval)
     with recorder.stage("load"):
         loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32))
@@ -236,7 +250,7 @@ def ask(
         loaded, tokenizer, str(video), asked, model_name=model,
         sampling=sampling_opts, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
-        profile_memory=profile_memory, progress=not quiet, recorder=recorder,
+        profile_memory=profile_memory, progress=not quiet, recorder=recorder, max_question_tokens=max_question_tokens,
         streamer=None if json_out else (lambda engine, queries: TextStreamer(engine, queries, len(queries) > 1)),
     )
     if memory_plot is not None:
@@ -320,25 +334,42 @@ def summarize(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every outcome is an exit code. Errors are one line on stderr and, with --json, also one JSON
+    object {"error", "exit_code"} on stdout, so a script reading stdout never has to parse stderr."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=argv, standalone_mode=False)
         if result == errors.INTERRUPTED:  # typer swallows Ctrl-C and returns 130
-            print("vidmini: interrupted", file=sys.stderr)
+            return _failed(argv, errors.INTERRUPTED, "interrupted")
         return result if isinstance(result, int) else 0
     except typer.Exit as exit_:
         if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into a silent Exit(130)
-            print("vidmini: interrupted", file=sys.stderr)
+            return _failed(argv, errors.INTERRUPTED, "interrupted")
         return exit_.exit_code
     except typer.Abort:
-        print("vidmini: interrupted", file=sys.stderr)
-        return errors.INTERRUPTED
+        return _failed(argv, errors.INTERRUPTED, "interrupted")
     except typer.TyperException as err:  # usage errors: typer prints the usage line and the reason
         err.show()
-        return getattr(err, "exit_code", errors.USAGE)
+        code = getattr(err, "exit_code", errors.USAGE)
+        _json_error(argv, code, err.format_message())
+        return code
     except BaseException as err:  # noqa: BLE001  the one place every error becomes one line + an exit code
         if isinstance(err, SystemExit):
             return err.code if isinstance(err.code, int) else 0
-        return errors.report(err, _state["debug"])
+        code, message = errors.report(err, _state["debug"])
+        _json_error(argv, code, message)
+        return code
+
+
+def _failed(argv: list[str], code: int, message: str) -> int:
+    print(f"vidmini: {message}", file=sys.stderr)
+    _json_error(argv, code, message)
+    return code
+
+
+def _json_error(argv: list[str], code: int, message: str) -> None:
+    if "--json" in argv:
+        print(json.dumps({"error": message, "exit_code": code}), flush=True)
 
 
 def entry() -> None:

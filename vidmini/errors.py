@@ -58,16 +58,20 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def report(err: BaseException, debug: bool) -> int:
-    """Print one line on stderr (a traceback too with --debug); return the exit code."""
+def describe(err: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for any error."""
     code = exit_code_for(err)
+    if code == INTERRUPTED:
+        return code, "interrupted"
+    if code == FAILED:
+        return code, f"unexpected {type(err).__name__}: {first_line(err)} (run with --debug for details)"
+    return code, first_line(err)
+
+
+def report(err: BaseException, debug: bool) -> tuple[int, str]:
+    """Print one line on stderr (a traceback too with --debug); return (exit code, message)."""
+    code, message = describe(err)
     if debug:
         traceback.print_exception(err)
-    if code == INTERRUPTED:
-        message = "interrupted"
-    elif code == FAILED:
-        message = f"unexpected {type(err).__name__}: {first_line(err)} (run with --debug for details)"
-    else:
-        message = first_line(err)
     print(f"vidmini: error: {message}", file=sys.stderr)
-    return code
+    return code, message

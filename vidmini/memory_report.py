@@ -191,8 +191,8 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     if is_image(video):
         wanted, duration = 1, None
     else:
-        info, plan = plan_video(video, sampling)
-        wanted, duration = len(plan), info.duration_s
+        planned = plan_video(video, sampling)
+        wanted, duration = len(planned.plan), planned.info.duration_s
     limit = capacity.frame_capacity(config, dt, batch, capacity.free_bytes(device), prompt_tokens, max_new_tokens)
     frames = min(wanted, limit.frames)
     peak = capacity.expected_peak(weight_bytes, frames, config, dt, batch, max_new_tokens)

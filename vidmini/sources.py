@@ -11,15 +11,8 @@ import numpy as np
 
 from vidmini.cache import FrameCache
 from vidmini.capacity import Capacity
-from vidmini.video import (
-    DecodeReport,
-    FrameBatch,
-    FrameStream,
-    StreamOptions,
-    VideoError,
-    make_plan,
-    probe,
-)
+from vidmini.video import DecodeReport, FrameBatch, FrameStream, SamplingPlan, StreamOptions, VideoError, VideoInfo
+from vidmini.video import make_plan, probe
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -52,6 +45,22 @@ def is_image(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
+def check_input(path: str) -> None:
+    """Fail fast (exit 3) on an input that cannot be used, before anything slow (a model load) starts."""
+    if not is_image(path):
+        probe(path)
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL reports some broken files as SyntaxError
+        raise VideoError(f"{path}: not a readable image ({err})")
+
+
 def open_image(path: str, config) -> Source:
     from PIL import Image, UnidentifiedImageError
 
@@ -61,29 +70,47 @@ def open_image(path: str, config) -> Source:
         raise VideoError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
             pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
     except (UnidentifiedImageError, OSError) as err:
         raise VideoError(f"{path}: not a readable image ({err})")
+    notes = [f"{path} is an animated image of {frames} frames: the model sees its first frame only "
+             "(convert it to a video to ask about all of them)"] if frames > 1 else []
     batch = FrameBatch(pixels[None], np.zeros(1), np.zeros(1, dtype=np.int64))
-    return Source(path, "image", 1, None, lambda: iter([batch]), decoder="pillow")
+    return Source(path, "image", 1, None, lambda: iter([batch]), notes=notes, decoder="pillow")
 
 
-def plan_video(path: str, sampling: Sampling):
-    """(probe info, sampling plan) before any capacity limit."""
+@dataclass
+class VideoPlan:
+    info: VideoInfo
+    plan: SamplingPlan
+    fps: float  # the rate actually sampled
+    notes: list[str]
+
+
+def plan_video(path: str, sampling: Sampling) -> VideoPlan:
+    """Probe and plan, before any capacity limit. A sampling rate above the stream's own frame rate would only
+    repeat frames (40,000 copies of a 40 s clip at --fps 1000), so it is capped at that rate, and the user told."""
     info = probe(path)
-    return info, make_plan(info, sampling.mode, sampling.fps, sampling.max_frames, sampling.start, sampling.end)
+    fps, notes = sampling.fps, list(info.notes)
+    if sampling.mode == "time" and info.fps and fps > info.fps:
+        notes.append(f"--fps {fps:g} is above the video's own {info.fps:.3g} frames per second; sampling at "
+                     f"{info.fps:.3g} (more would repeat frames)")
+        fps = info.fps
+    plan = make_plan(info, sampling.mode, fps, sampling.max_frames, sampling.start, sampling.end)
+    return VideoPlan(info, plan, fps, notes)
 
 
 def open_video(path: str, sampling: Sampling, capacity: Capacity, stream: StreamOptions, use_cache: bool) -> Source:
-    info, plan = plan_video(path, sampling)
-    notes = list(info.notes)
+    planned = plan_video(path, sampling)
+    info, plan, notes = planned.info, planned.plan, planned.notes
     limit, why = capacity.frames, capacity.reason
     if len(plan) > limit:
         wanted = len(plan)
         if sampling.mode == "reference":
             raise VideoError(f"{path}: {wanted} frames do not fit ({why}: {limit}); use --sampling time or --max-frames")
-        plan = make_plan(info, "time", sampling.fps, limit, sampling.start, sampling.end)
-        notes.append(f"{wanted} frames at {sampling.fps:g} fps do not fit ({why}); using {len(plan)} frames spread "
+        plan = make_plan(info, "time", planned.fps, limit, sampling.start, sampling.end)
+        notes.append(f"{wanted} frames at {planned.fps:g} fps do not fit ({why}); using {len(plan)} frames spread "
                      f"over the whole video (one every {info.duration_s / len(plan):.2f} s)")
     cache = FrameCache(path, plan.key()) if use_cache else None
     if cache is not None and cache.exists():

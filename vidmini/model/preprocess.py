@@ -44,4 +44,5 @@ def process_image(image, aspect: str = "square", mean=None, size: int = SIZE) ->
         image = image.resize((new_w, new_h), Image.BICUBIC)
     w, h = image.size
     left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    # np.array, not np.asarray: PIL's buffer is read-only, and torch.from_numpy warns on read-only arrays.
+    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
