@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VIDEO ?= sample_videos/scenes.mp4
 QUESTION ?= What colours does the screen show, in order?
 
-.PHONY: install test test-lowest bench bench-gpu demo demo-offline samples clean
+.PHONY: install test test-fast test-lowest bench bench-gpu demo demo-offline samples clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# Everything but the end-to-end checks marked slow (3-hour videos, signals, worker processes): for quick iterations.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 # The lowest versions pyproject.toml declares (each dependency pinned to its lower bound), on the checks that
 # exercise the APIs we call in them: reference equality, the multi-question cache rewind, loading.

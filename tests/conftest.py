@@ -26,9 +26,12 @@ def corpus(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The tiny random checkpoint for end-to-end tests: every code path of the released model, with a coarse CLIP
+    patch (7x7 instead of 24x24 patches) so thousands of frames stay cheap. Reference equality and the released
+    geometry are tested on shared/fixtures and on 14-pixel patches in test_model_parts."""
     from vidmini.testing.tiny_checkpoint import write_checkpoint
 
-    return Path(write_checkpoint(str(tmp_path_factory.mktemp("tiny") / "ckpt")))
+    return Path(write_checkpoint(str(tmp_path_factory.mktemp("tiny") / "ckpt"), patch_size=48))
 
 
 @pytest.fixture(scope="session")

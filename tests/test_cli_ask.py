@@ -103,6 +103,7 @@ def test_image_input(tiny_checkpoint, cli, tmp_path):
     assert out.json["frames_used"] == 1 and out.json["decoder"] == "pillow"
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_leaves_no_cache_entry(tiny_checkpoint, env, three_hour_video):
     proc = subprocess.Popen([sys.executable, "-m", "vidmini", "ask", "--model", str(tiny_checkpoint), "--quiet",
                              str(three_hour_video), "What?"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

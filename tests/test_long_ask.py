@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vidmini.testing.videos import make_video
 
 PEAK = """
@@ -25,6 +27,7 @@ def ask_peak(env, *args):
     return json.loads(out.stdout), stats["peak_rss_kb"] / 1024
 
 
+@pytest.mark.slow
 def test_three_hours_use_every_frame_in_flat_cpu_memory(tiny_checkpoint, three_hour_video, tmp_path):
     env = dict(os.environ, VIDMINI_CACHE_DIR=str(tmp_path / "cache"))
     ten_minutes = make_video(str(tmp_path / "10min.mp4"), 600, fps=1.0)

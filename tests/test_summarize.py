@@ -63,6 +63,7 @@ def test_one_record_per_file_errors_recorded_markdown(tiny_checkpoint, folder, t
     assert again.code == 0 and md.read_text() == text
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_loses_nothing_and_redoes_only_the_rest(tiny_checkpoint, tmp_path, cli):
     from vidmini.testing.videos import make_video
 
@@ -156,6 +157,7 @@ def test_summary_and_chapters_come_from_one_decode_pass(tiny_checkpoint, tmp_pat
     assert passes == [path]  # one decode pass for the summary and all chapters
 
 
+@pytest.mark.slow
 def test_two_workers_one_writer(tiny_checkpoint, folder, tmp_path, cli):
     out = tmp_path / "r.jsonl"
     run = cli("summarize", folder, "--out", out, "--model", tiny_checkpoint, "--max-new-tokens", "3",
@@ -165,6 +167,7 @@ def test_two_workers_one_writer(tiny_checkpoint, folder, tmp_path, cli):
     assert len(got) == len({r["path"] for r in got}) == 2 + 1 + len(GOOD) + len(BROKEN)
 
 
+@pytest.mark.slow
 def test_ctrl_c_discards_the_current_record_and_exits_130(tiny_checkpoint, tmp_path):
     from vidmini.testing.videos import make_video
 

@@ -20,20 +20,10 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from vidmini import capacity
-from vidmini.model.checkpoint import (
-    TOWER_KEYS_PATTERN,
-    finish_loading,
-    prepare_config,
-    tower_in_checkpoint,
-)
+from vidmini.model.checkpoint import TOWER_KEYS_PATTERN, finish_loading, prepare_config, tower_in_checkpoint
 from vidmini.model.compressor import Compressor
 from vidmini.model.config import LlavaMiniConfig
-from vidmini.model.prefusion import (
-    IMAGE_TOKEN_INDEX,
-    FusionLayout,
-    additive_mask,
-    run_prefusion,
-)
+from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout, additive_mask, run_prefusion
 from vidmini.model.projector import build_projector
 from vidmini.model.vision import VisionTower
 

@@ -70,13 +70,16 @@ def build_tokenizer():
     )
 
 
-def build_config(size: str = "tiny", compressor_size: int = 1, vocab_size: int = 400, **overrides):
+def build_config(size: str = "tiny", compressor_size: int = 1, vocab_size: int = 400, patch_size: int = 14,
+                 **overrides):
+    """patch_size 14 is the released geometry (24x24 patches of 336); a coarser one (48: 7x7) keeps every code path
+    and cuts the vision and pre-fusion work ~10x, for end-to-end tests that run thousands of frames."""
     from vidmini.model.config import LlavaMiniConfig
 
     s = SIZES[size]
     vision = dict(model_type="clip_vision_model", hidden_size=s.vision_hidden, intermediate_size=s.vision_intermediate,
                   num_hidden_layers=s.vision_layers, num_attention_heads=s.vision_heads, image_size=336,
-                  patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3)
+                  patch_size=patch_size, hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3)
     settings = dict(
         vocab_size=s.vocab or vocab_size, hidden_size=s.hidden, intermediate_size=s.intermediate,
         num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
@@ -118,14 +121,14 @@ def randomize(model, seed: int) -> None:
 
 
 def build_model(size: str = "tiny", compressor_size: int = 1, seed: int = 0, vocab_size: int = 400, dtype=None,
-                device: str = "cpu", **overrides):
+                device: str = "cpu", patch_size: int = 14, **overrides):
     """A random model in memory. The 8b size is materialised straight on `device` in `dtype` (8B parameters in
     fp32 on the host would need 32 GB)."""
     import torch
 
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
 
-    config = build_config(size, compressor_size, vocab_size, **overrides)
+    config = build_config(size, compressor_size, vocab_size, patch_size, **overrides)
     previous = torch.get_default_dtype()
     try:  # built where it will live, so non-persistent buffers (RoPE, CLIP position ids) are computed right
         torch.set_default_dtype(dtype or torch.float32)
@@ -139,14 +142,15 @@ def build_model(size: str = "tiny", compressor_size: int = 1, seed: int = 0, voc
     return model.eval()
 
 
-def write_checkpoint(out_dir: str, size: str = "tiny", compressor_size: int = 1, seed: int = 0, **overrides) -> str:
+def write_checkpoint(out_dir: str, size: str = "tiny", compressor_size: int = 1, seed: int = 0, patch_size: int = 14,
+                     **overrides) -> str:
     """A complete checkpoint folder: config, safetensors weights, generation config, tokenizer + chat template."""
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" for a 1 MB file is noise
     tokenizer = build_tokenizer()
-    model = build_model(size, compressor_size, seed, vocab_size=len(tokenizer), **overrides)
+    model = build_model(size, compressor_size, seed, vocab_size=len(tokenizer), patch_size=patch_size, **overrides)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     eos = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
     model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, eot
@@ -162,8 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--compressor-size", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patch-size", type=int, default=14, help="CLIP patch (14: the released 24x24 grid)")
     args = parser.parse_args(argv)
-    print(write_checkpoint(args.out_dir, args.size, args.compressor_size, args.seed))
+    print(write_checkpoint(args.out_dir, args.size, args.compressor_size, args.seed, args.patch_size))
 
 
 if __name__ == "__main__":
