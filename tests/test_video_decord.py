@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import corpus
-from vidmini.video import FrameStream, StreamOptions, VideoError, decode_all, make_plan, probe
+from vidmini.video import FrameStream, StreamOptions, VideoError, choose_backend, decode_all, make_plan, probe
 
 decord = pytest.importorskip("decord")
 DECORD2 = int(decord.__version__.split(".")[0]) >= 1  # decord 0.6.x; decord2 started at 1.0
@@ -142,3 +142,15 @@ def test_auto_falls_back_to_pyav_when_decord_stalls():
     want, _ = decode_all(info, plan, StreamOptions(decoder="pyav"))
     np.testing.assert_array_equal(frames, want)
     assert any("decoder fallback decord -> pyav at frame 0" in w for w in stream.report.warnings())
+
+
+@pytest.mark.parametrize(("name", "fps", "backend"), [
+    (CLEAN, 15.0, "decord"),  # 720p H.264 MP4, one keyframe, 79 samples
+    (CLEAN, 1.0, "pyav"),  # 5 samples: starting decord costs more than it saves
+    ("h264_long139s_768x432_intel_one_by_one_person.mp4", 1.0, "pyav"),  # below 720p
+    ("hevc_aac_1080p_testpattern_mediabunny.mp4", 15.0, "pyav"),  # decord mis-seeks in HEVC
+    ("vp8_vorbis_720p_30s_moviepy_bbb.webm", 15.0, "pyav"),  # measured only on H.264 MP4
+])
+def test_auto_uses_decord_only_where_it_measured_faster(name, fps, backend):
+    info = probe(str(corpus(name)))
+    assert choose_backend(info, make_plan(info, fps=fps), "auto")[0] == backend

@@ -47,6 +47,27 @@ class KeyframeSpacing:
         return bool(self.gaps) and distance > 2 * max(self.gaps)
 
 
+def keyframe_gap_s(info: VideoInfo, span_s: float = 10.0) -> float:
+    """Largest distance between the first keyframes of the stream, from packet flags (demuxed, never decoded, so
+    it costs milliseconds). A stream with a single keyframe in its first `span_s` gets `span_s`: its GOP is at
+    least that long."""
+    container = open_container(info.path)
+    try:
+        stream = choose_stream(container, info.path)
+        keys: list[float] = []
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            t = float(packet.pts * packet.time_base)
+            if packet.is_keyframe:
+                keys.append(t)
+            if len(keys) == 4 or (keys and t - keys[0] > span_s):
+                break
+    finally:
+        container.close()
+    return max(np.diff(keys)) if len(keys) > 1 else span_s
+
+
 class PyAVDecoder:
     def __init__(self, threads: int = 0, allow_seek: bool = True):
         self.threads = threads
