@@ -22,7 +22,7 @@ class DecodeReport:
     bad_packets: int = 0  # packets FFmpeg refused (corrupt data), skipped
     missing: int = 0  # sampled frames that no decodable frame could fill (truncated or broken file)
     first_missing_s: float | None = None
-    fallbacks: list[str] = field(default_factory=list)  # "decord -> pyav: why"
+    fallbacks: list[str] = field(default_factory=list)  # "decord -> pyav at frame N: why" (auto only)
 
     def warnings(self) -> list[str]:
         out = []

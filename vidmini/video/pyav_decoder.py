@@ -21,6 +21,13 @@ NO_SEEK_FORMATS = ("mpegts", "mpeg", "h264", "hevc", "ivf", "mjpeg")
 Item = tuple[int, np.ndarray, float]  # (plan position, [336, 336, 3] uint8, seconds from start)
 
 
+def to_rgb(frame) -> np.ndarray:
+    """[H, W, 3] RGB, converted as decord (the reference's reader) converts: swscale with bicubic chroma
+    upsampling. On even sizes swscale's unscaled path ignores the filter and PyAV's default (bilinear) gives the
+    same bits; on odd sizes it does not (vp8_odd_175x143: max 63 levels apart, mean 3.0; bench/decode.py)."""
+    return frame.to_ndarray(format="rgb24", interpolation="BICUBIC")
+
+
 class KeyframeSpacing:
     """Running estimate of the distance between keyframes, to decide when a seek saves work."""
 
@@ -40,9 +47,28 @@ class KeyframeSpacing:
         return bool(self.gaps) and distance > 2 * max(self.gaps)
 
 
-class PyAVDecoder:
-    name = "pyav"
+def keyframe_gap_s(info: VideoInfo, span_s: float = 10.0) -> float:
+    """Largest distance between the first keyframes of the stream, from packet flags (demuxed, never decoded, so
+    it costs milliseconds). A stream with a single keyframe in its first `span_s` gets `span_s`: its GOP is at
+    least that long."""
+    container = open_container(info.path)
+    try:
+        stream = choose_stream(container, info.path)
+        keys: list[float] = []
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            t = float(packet.pts * packet.time_base)
+            if packet.is_keyframe:
+                keys.append(t)
+            if len(keys) == 4 or (keys and t - keys[0] > span_s):
+                break
+    finally:
+        container.close()
+    return max(np.diff(keys)) if len(keys) > 1 else span_s
 
+
+class PyAVDecoder:
     def __init__(self, threads: int = 0, allow_seek: bool = True):
         self.threads = threads
         self.allow_seek = allow_seek
@@ -88,7 +114,7 @@ class PyAVDecoder:
                     if held is None:  # the sampled time precedes the first frame: show the first frame
                         held, held_t, held_rgb = frame, t, None
                     if held_rgb is None:  # convert once, however many sampled times the frame covers
-                        held_rgb = model_frame(held.to_ndarray(format="rgb24"), rotation)
+                        held_rgb = model_frame(to_rgb(held), rotation)
                     yield i, held_rgb, float(plan.times_s[i])
                     i += 1
                 if frame is not held:
@@ -113,7 +139,7 @@ class PyAVDecoder:
         frame_time = 1.0 / info.fps if info.fps else 0.1
         while i < stop_at and held is not None and targets[i] < held_t + max(frame_time, 1.0 / plan.fps):
             if held_rgb is None:
-                held_rgb = model_frame(held.to_ndarray(format="rgb24"), info.rotation)
+                held_rgb = model_frame(to_rgb(held), info.rotation)
             yield i, held_rgb, float(plan.times_s[i])
             i += 1
         if i < stop_at:
@@ -128,7 +154,7 @@ class PyAVDecoder:
             if i >= stop_at:
                 break
             if wanted[i] == k:
-                rgb = model_frame(frame.to_ndarray(format="rgb24"), info.rotation)
+                rgb = model_frame(to_rgb(frame), info.rotation)
                 t = (frame.time - info.start_s) if frame.time is not None else k / (info.fps or 1)
                 while i < stop_at and wanted[i] == k:  # repeated indices repeat the frame
                     yield i, rgb, float(t)

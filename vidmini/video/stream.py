@@ -25,7 +25,7 @@ from vidmini.video.decord_decoder import available as decord_available
 from vidmini.video.frames import DecodeReport, FrameBatch
 from vidmini.video.plan import SamplingPlan
 from vidmini.video.probe import VideoError, VideoInfo
-from vidmini.video.pyav_decoder import PyAVDecoder
+from vidmini.video.pyav_decoder import PyAVDecoder, keyframe_gap_s
 
 _DONE = object()
 
@@ -37,20 +37,46 @@ class StreamOptions:
     queue_batches: int = 4
     workers: int = 1  # parallel PyAV time segments (threads); 1 = one frame-threaded decoder (measured faster here)
     stall_timeout_s: float = 60.0  # no decoded frame for this long (while there is room to put it) = a stall
+    # decord alone gets less: it stalls for minutes on some files (MPEG-TS with few keyframe flags), and auto must
+    # give up on it and fall back before the stream as a whole counts a stall.
+    decord_stall_s: float = 10.0
     min_parallel_frames: int = 64  # below this, one decoder is as fast as several
+
+
+# Where decord was measured faster than PyAV (bench/decode.py; see choose_backend). Nowhere else is it used by auto.
+DECORD_CODECS = ("h264",)
+DECORD_CONTAINERS = ("mov,mp4,m4a,3gp,3g2,mj2",)
+DECORD_MIN_FRAMES = 60  # its child process costs 0.2-0.5 s to start: short plans lose (every corpus file did)
+DECORD_MIN_PIXELS = 1280 * 720  # at 768x432 (139 frames) PyAV still won
+# Keyframes this many sampling intervals apart or more: PyAV cannot skip any frame (it jumps only past two keyframe
+# gaps), and decord2 was faster. With keyframes 0.4 intervals apart PyAV skips, and decord2 took ~1.4x as long.
+DECORD_MIN_KEYFRAME_GAP = 2.0
 
 
 def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str,
                    options: StreamOptions | None = None) -> tuple[str, str]:
-    """(backend, why). Measured by bench/decode.py on 2 cores (README, "Measured"): one PyAV decoder with FFmpeg's
-    frame threads and keyframe skipping beat decord's get_batch (0.84-0.96x vs 0.69-0.79x of full-speed decode
-    with 2 s GOPs, 1.79x vs 1.47x with 0.4 s GOPs) and parallel segment threads (0.54-0.59x), and it reads every
-    file decord reads plus those decord refuses. Segments run in parallel only when asked for (--decode-workers)."""
+    """(backend, why). From `python bench/decode.py` on this project's 2-core machine (bench/results/decode.md;
+    others' work ran alongside, so the bench ran at nice -15, best of 2 runs, same-run ratios):
+
+    - 60 s of 1280x720 H.264 in MP4 at 1 fps, 2 s GOP (PyAV cannot skip a frame): decord2 6.6 / 6.9 / 6.8 / 6.5 s
+      over two benchmark runs, PyAV 7.2 / 8.9 / 6.5 / 8.1 s: about 10% faster at the median, for the same CPU time
+      (5.6 s) and about twice the memory (265 vs 144 MB). decord 0.6 was in between. Unniced, under load average
+      10, decord2 6.2 s vs PyAV 10.4 s.
+    - The same with 0.4 s GOPs, where PyAV jumps from keyframe to keyframe: PyAV 6.6 / 7.8 / 6.4 / 7.6 s, decord2
+      10.4 / 10.9 / 9.0 / 7.3 s.
+    - Every corpus file, all shorter or smaller, was faster with PyAV (139 s at 768x432: 1.3 s vs 2.8 s):
+      starting decord's process and reader costs 0.2-0.5 s.
+    - decord refuses or stalls on files PyAV reads (MKV/WebM without duration, IVF, AVI, MPEG-TS with few keyframe
+      flags) and mis-seeks in HEVC, so auto uses it only for H.264 in MP4/MOV of at least 720p, 60 sampled frames
+      and keyframes two sampling intervals apart, and PyAV takes over from the first frame not delivered when
+      it fails or stalls (DecodeReport.fallbacks).
+
+    Segments run in parallel only when asked for (--decode-workers): they lost to one decoder on 2 cores."""
     if requested == "pyav":
         return "pyav", "asked for"
     if requested == "decord":
         if not decord_available():
-            raise VideoError("--decoder decord: decord is not installed (pip install decord; x86_64 only)")
+            raise VideoError("--decoder decord: decord is not installed (pip install decord2)")
         return "decord", "asked for"
     if requested != "auto":
         raise VideoError(f"unknown decoder {requested!r}; use auto, pyav or decord")
@@ -59,8 +85,20 @@ def choose_backend(info: VideoInfo, plan: SamplingPlan, requested: str,
     options = options or StreamOptions()
     if _parallel_ok(info, plan, options):
         return "pyav-parallel", f"long seekable file: {_workers(options)} segments in parallel"
+    if _decord_faster(info, plan):
+        return "decord", ("long H.264 MP4 of 720p or more with sparse keyframes: decord measured faster; PyAV takes "
+                          "over if it fails")
     return "pyav", "sequential decode is fastest at this length" if PyAVDecoder().can_seek(info) else \
         f"{info.container} is not seeked (unreliable), decoded sequentially"
+
+
+def _decord_faster(info: VideoInfo, plan: SamplingPlan) -> bool:
+    if not (decord_available() and plan.mode == "time" and info.codec in DECORD_CODECS
+            and info.container in DECORD_CONTAINERS and len(plan) >= DECORD_MIN_FRAMES
+            and info.width * info.height >= DECORD_MIN_PIXELS):
+        return False
+    interval = float(np.median(np.diff(plan.times_s)))
+    return keyframe_gap_s(info) >= DECORD_MIN_KEYFRAME_GAP * interval  # demuxes a few packets: checked last
 
 
 def _workers(options: StreamOptions) -> int:
@@ -146,8 +184,8 @@ class FrameStream:
         delivered = 0
         if self.backend == "decord":
             try:
-                for item in DecordDecoder(self.options.stall_timeout_s).frames(
-                        self.info, self.plan, self.report, should_stop=self._stop.is_set):
+                for item in DecordDecoder(self.options.decord_stall_s).frames(self.info, self.plan,
+                                                                                should_stop=self._stop.is_set):
                     delivered = item[0] + 1
                     yield item
                 self.report.decoder = "decord"
@@ -156,6 +194,7 @@ class FrameStream:
                 if self.options.decoder == "decord":
                     raise VideoError(f"{self.info.path}: decord failed: {err}")
                 self.report.fallbacks.append(f"decord -> pyav at frame {delivered}: {err}")
+                self._progress = time.monotonic()  # the time decord spent is not PyAV's stall
         if self.backend == "pyav-parallel" and delivered == 0:
             self.report.decoder = "pyav-parallel"
             yield from self._parallel()
