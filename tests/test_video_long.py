@@ -10,6 +10,7 @@ from vidmini.testing.videos import read_index
 from vidmini.video import FrameStream, StreamOptions, make_plan, probe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder,workers", [("pyav", 1), ("auto", 2)])
 def test_three_hours_decode_end_to_end_in_flat_memory(three_hour_video, decoder, workers):
     info = probe(str(three_hour_video))
