@@ -41,7 +41,8 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show a full traceback on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    """Exit codes: 0 ok, 2 usage, 3 bad input, 4 model cannot be loaded, 5 out of memory, 130 interrupted."""
+    """Exit codes: 0 ok, 2 usage, 3 bad input, 4 model cannot be loaded, 5 out of memory, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM)."""
     _state["debug"] = debug
 
 
@@ -320,21 +321,40 @@ def summarize(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vidmini import signals
+
+    restore = signals.install()  # SIGTERM takes Ctrl-C's path (cleanup, one line), exit 143
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _interrupted(cause: BaseException | None) -> int:
+    from vidmini.signals import interrupted
+
+    code, message = interrupted(cause)
+    print(f"vidmini: {message}", file=sys.stderr)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
         if result == errors.INTERRUPTED:  # typer swallows Ctrl-C and returns 130
-            print("vidmini: interrupted", file=sys.stderr)
+            return _interrupted(None)
         return result if isinstance(result, int) else 0
     except typer.Exit as exit_:
         if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into a silent Exit(130)
-            print("vidmini: interrupted", file=sys.stderr)
+            return _interrupted(exit_.__cause__)
         return exit_.exit_code
-    except typer.Abort:
-        print("vidmini: interrupted", file=sys.stderr)
-        return errors.INTERRUPTED
+    except typer.Abort as abort:
+        return _interrupted(abort.__cause__)
     except typer.TyperException as err:  # usage errors: typer prints the usage line and the reason
         err.show()
         return getattr(err, "exit_code", errors.USAGE)
+    except KeyboardInterrupt as err:  # SIGTERM or Ctrl-C outside typer's own handling
+        return _interrupted(err)
     except BaseException as err:  # noqa: BLE001  the one place every error becomes one line + an exit code
         if isinstance(err, SystemExit):
             return err.code if isinstance(err.code, int) else 0

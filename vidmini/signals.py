@@ -1,0 +1,38 @@
+"""SIGTERM stops vidmini the way Ctrl-C does.
+
+`timeout`, Slurm and systemd send SIGTERM. Python's default for it kills the process on the spot, which skips the
+cleanup that Ctrl-C gets (temporary cache folders, the report lock). Turning it into an exception in the main
+thread makes both signals take the same path through every `finally`; only the exit code differs (128 + 15).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+
+TERMINATED = 128 + signal.SIGTERM  # 143, what shells report for a process ended by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM; a KeyboardInterrupt so that code cleaning up after Ctrl-C runs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def install() -> Callable[[], None]:
+    """Route SIGTERM to `Terminated`; returns a function that puts the previous handler back (main may be called
+    in-process, e.g. by tests, and must not leave its handler behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(cause: BaseException | None) -> tuple[int, str]:
+    """(exit code, message) for a stop by Ctrl-C or SIGTERM."""
+    if isinstance(cause, Terminated):
+        return TERMINATED, "terminated"
+    return 130, "interrupted"
