@@ -221,6 +221,11 @@ def ask(
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
+    from vidmini.outputs import check_writable
+
+    for option, path in (("--memory-plot", memory_plot), ("--memory-snapshot", memory_snapshot)):
+        if path is not None:
+            check_writable(path, option)  # before the model loads, not after the work
     if memory_plot is not None:
         from vidmini.memory_report import check_plot_available
 
@@ -280,10 +285,15 @@ def summarize(
     """Summarize every video under PATHS into a JSON Lines report, one record per file as soon as it is done.
 
     Rerunning the same command skips files already in the report (same file, same prompt) and redoes changed
-    ones. With --markdown and no PATHS, only renders the existing report. Exit 0 when every file was
-    summarized, 3 when some failed (each failure is recorded with its reason).
+    ones. With --markdown and no PATHS, only renders the existing report. Exit 0 when every file of this run was
+    summarized, 3 when some failed (each failure is recorded with its reason) or no video was found.
+
+    Files that vidmini did not write are never replaced: --out must be a vidmini report (or new, or empty) and
+    --markdown a rendering vidmini wrote; otherwise exit 2 before any work (--force does not change this).
+    One process writes a report at a time: a second summarize on the same --out exits 2 at once.
     """
-    from vidmini.summarize import Report, SummarizeOptions, run_summarize, write_markdown
+    from vidmini.outputs import check_summarize_outputs, report_lock
+    from vidmini.summarize import SummarizeOptions, run_summarize, summary_line, write_markdown
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     if not paths:
@@ -291,9 +301,11 @@ def summarize(
             raise errors.UsageError("give video files or folders to summarize (or --markdown to render)")
         if not out.exists():
             raise errors.BadInput(f"{out}: no such report")
+        check_summarize_outputs(out, markdown, render_only=True)
         count = write_markdown(str(out), str(markdown))
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
+    check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
     options = SummarizeOptions(
         questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
@@ -302,21 +314,22 @@ def summarize(
     from vidmini.model.loading import LoadOptions
 
     engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
-    if devices:
-        from vidmini.workers import run_on_devices
+    with report_lock(out):
+        if devices:
+            from vidmini.workers import run_on_devices
 
-        loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
-        done, skipped, failed = run_on_devices(loads, engine_options, profile_memory, [str(p) for p in paths],
-                                               str(out), options, not quiet)
-    else:
-        load = LoadOptions(model, device, dtype, quantize)
-        done, skipped, failed = run_summarize(lambda: build_engine(load, engine_options, profile_memory),
-                                              [str(p) for p in paths], str(out), options, progress=not quiet)
-    if markdown is not None:
-        write_markdown(str(out), str(markdown))
-    total_failed = sum(1 for r in Report(str(out)).read() if r.get("error"))
-    print(f"vidmini: {done} file(s) processed ({failed} failed), {skipped} already in {out}", file=sys.stderr)
-    if total_failed:
+            loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
+            done, skipped, failed, earlier_failed = run_on_devices(
+                loads, engine_options, profile_memory, [str(p) for p in paths], str(out), options, not quiet)
+        else:
+            load = LoadOptions(model, device, dtype, quantize)
+            done, skipped, failed, earlier_failed = run_summarize(
+                lambda: build_engine(load, engine_options, profile_memory), [str(p) for p in paths], str(out),
+                options, progress=not quiet)
+        if markdown is not None:
+            write_markdown(str(out), str(markdown))
+    print(f"vidmini: {summary_line(str(out), done, skipped, failed, earlier_failed)}", file=sys.stderr)
+    if failed:
         raise typer.Exit(errors.BAD_INPUT)
 
 
