@@ -18,7 +18,11 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM; a KeyboardInterrupt so that code cleaning up after Ctrl-C runs."""
 
 
+_received = {"sigterm": False}  # typer turns the exception into a bare exit code 130, losing its type
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received["sigterm"] = True
     raise Terminated()
 
 
@@ -27,12 +31,13 @@ def install() -> Callable[[], None]:
     in-process, e.g. by tests, and must not leave its handler behind)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None  # signal handlers can only be set from the main thread
+    _received["sigterm"] = False
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted(cause: BaseException | None) -> tuple[int, str]:
     """(exit code, message) for a stop by Ctrl-C or SIGTERM."""
-    if isinstance(cause, Terminated):
+    if isinstance(cause, Terminated) or _received["sigterm"]:
         return TERMINATED, "terminated"
     return 130, "interrupted"
