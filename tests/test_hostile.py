@@ -418,6 +418,8 @@ def test_total_cap_evicts_the_least_recently_used(cli, tiny_checkpoint, clips, t
 
 def test_cache_command_shows_and_clears(cli, tiny_checkpoint):
     assert cli(*ask_args(tiny_checkpoint))[0] == 0
+    (cache_dir() / ".photos").mkdir()  # VIDMINI_CACHE_DIR pointed at a folder with other things in it
+    (cache_dir() / "photos").mkdir()
     code, out, _ = cli("cache")
     assert code == 0 and "1 entry" in out and "scenes.mp4" in out
     code, out, _ = cli("cache", "--json")
@@ -428,3 +430,4 @@ def test_cache_command_shows_and_clears(cli, tiny_checkpoint):
     code, out, _ = cli("cache", "clear", "--json")
     assert code == 0 and json.loads(out)["freed_bytes"] == entry["bytes"]
     assert json.loads(cli("cache", "--json")[1])["entries"] == []
+    assert (cache_dir() / ".photos").is_dir() and (cache_dir() / "photos").is_dir()  # only entries are ours

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,7 @@ DEFAULT_LIMIT_GB = 8.0
 FORMAT = 2  # entries of another format are rebuilt
 
 _warned: set[str] = set()
+_KEY = re.compile(r"[0-9a-f]{20}")  # entry_key's shape: anything else in the cache folder is not ours to touch
 
 
 def warn_once(kind: str, message: str) -> None:
@@ -379,6 +381,8 @@ def reap_orphans(root: Path, own_key: str | None = None) -> int:
         return 0
     for temp in temps:
         key = temp.name[1:].split("-", 1)[0]
+        if not _KEY.fullmatch(key):
+            continue
         if key == own_key:  # we hold this key's lock: any temp folder of it is a dead writer's
             shutil.rmtree(temp, ignore_errors=True)
             removed += 1
@@ -395,7 +399,7 @@ def entries(root: Path | None = None) -> list[dict]:
     root = root or cache_root()
     found = []
     try:
-        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        folders = [p for p in root.iterdir() if _KEY.fullmatch(p.name) and p.is_dir()]
     except OSError:
         return []
     for folder in folders:
@@ -449,7 +453,7 @@ def clear(root: Path | None = None, older_than_s: float | None = None) -> list[d
                 removed.append(entry)
     reap_orphans(root)
     for lock in root.glob("*.lock") if root.is_dir() else []:
-        if not (root / lock.stem).exists():
+        if _KEY.fullmatch(lock.stem) and not (root / lock.stem).exists():
             with _key_lock_if_free(root, lock.stem) as free:
                 if free:
                     lock.unlink(missing_ok=True)
