@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-TERMINATED = 128 + signal.SIGTERM  # 143, what shells report for a process ended by SIGTERM
+from vidmini.errors import INTERRUPTED, TERMINATED  # 130 and 143 (128 + the signal), what shells report
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,4 +40,4 @@ def interrupted(cause: BaseException | None) -> tuple[int, str]:
     """(exit code, message) for a stop by Ctrl-C or SIGTERM."""
     if isinstance(cause, Terminated) or _received["sigterm"]:
         return TERMINATED, "terminated"
-    return 130, "interrupted"
+    return INTERRUPTED, "interrupted"
