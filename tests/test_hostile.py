@@ -344,6 +344,10 @@ def test_damaged_cache_entry_is_discarded_and_rebuilt(cli, tiny_checkpoint):
         assert code == 0 and err.count("warning:") == 1 and "is damaged" in err, (damage, err)
         again = json.loads(out)
         assert not again["from_cache"] and again["answers"] == first["answers"], damage
+    meta = _entry() / "meta.json"  # an entry from before entries were verified: rebuilt, without a warning
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k not in ("format", "checksum")}))
+    code, out, err = cli(*ask_args(tiny_checkpoint))
+    assert code == 0 and not json.loads(out)["from_cache"] and "another version" in err and "warning" not in err
     code, out, err = cli(*ask_args(tiny_checkpoint))
     assert code == 0 and json.loads(out)["from_cache"] and "warning" not in err
 

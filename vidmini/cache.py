@@ -42,6 +42,7 @@ from vidmini.video.frames import SIZE, DecodeReport, FrameBatch
 FRAME_BYTES = SIZE * SIZE * 3
 DEFAULT_LIMIT_GB = 8.0
 FORMAT = 2  # entries of another format are rebuilt
+OTHER_FORMAT = "written by another version of vidmini"
 
 _warned: set[str] = set()
 _KEY = re.compile(r"[0-9a-f]{20}")  # entry_key's shape: anything else in the cache folder is not ours to touch
@@ -118,7 +119,7 @@ def verify(meta_bytes: bytes, frames: BinaryIO) -> tuple[dict | None, str | None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None, "meta.json is not valid JSON"
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        return None, "written by another version of vidmini"
+        return None, OTHER_FORMAT
     body = {k: v for k, v in meta.items() if k != "checksum"}
     if meta.get("checksum") != _checksum(body):
         return None, "meta.json does not match its checksum"
@@ -185,8 +186,11 @@ class FrameCache:
 
     def _discard(self, problem: str) -> None:
         # Not once-only: each damaged entry is news (and is gone after this, so it cannot repeat).
-        print(f"vidmini: warning: frame cache entry for {self.source} is damaged ({problem}); removing it and "
-              "decoding again", file=sys.stderr, flush=True)
+        if problem == OTHER_FORMAT:  # not damage: an upgrade; say so without alarming anyone
+            message = f"frame cache entry for {self.source} was {OTHER_FORMAT}; decoding again"
+        else:
+            message = f"warning: frame cache entry for {self.source} is damaged ({problem}); removing it and decoding again"
+        print(f"vidmini: {message}", file=sys.stderr, flush=True)
         remove_entry(self.dir)
 
     def meta(self) -> dict:
