@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -43,7 +44,8 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show a full traceback on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    """Exit codes: 0 ok, 2 usage, 3 bad input, 4 model cannot be loaded, 5 out of memory, 130 interrupted."""
+    """Exit codes: 0 ok, 2 usage, 3 bad input, 4 model cannot be loaded, 5 out of memory, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM)."""
     _state["debug"] = debug
 
 
@@ -233,6 +235,11 @@ def ask(
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
+    from vidmini.outputs import check_writable
+
+    for option, path in (("--memory-plot", memory_plot), ("--memory-snapshot", memory_snapshot)):
+        if path is not None:
+            check_writable(path, option)  # before the model loads, not after the work
     if memory_plot is not None:
         from vidmini.memory_report import check_plot_available
 
@@ -293,10 +300,15 @@ def summarize(
     """Summarize every video under PATHS into a JSON Lines report, one record per file as soon as it is done.
 
     Rerunning the same command skips files already in the report (same file, same prompt) and redoes changed
-    ones. With --markdown and no PATHS, only renders the existing report. Exit 0 when every file was
-    summarized, 3 when some failed (each failure is recorded with its reason).
+    ones. With --markdown and no PATHS, only renders the existing report. Exit 0 when every file of this run was
+    summarized, 3 when some failed (each failure is recorded with its reason) or no video was found.
+
+    Files that vidmini did not write are never replaced: --out must be a vidmini report (or new, or empty) and
+    --markdown a rendering vidmini wrote; otherwise exit 2 before any work (--force does not change this).
+    One process writes a report at a time: a second summarize on the same --out exits 2 at once.
     """
-    from vidmini.summarize import Report, SummarizeOptions, run_summarize, write_markdown
+    from vidmini.outputs import check_summarize_outputs, report_lock
+    from vidmini.summarize import SummarizeOptions, run_summarize, summary_line, write_markdown
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     if not paths:
@@ -304,9 +316,11 @@ def summarize(
             raise errors.UsageError("give video files or folders to summarize (or --markdown to render)")
         if not out.exists():
             raise errors.BadInput(f"{out}: no such report")
+        check_summarize_outputs(out, markdown, render_only=True)
         count = write_markdown(str(out), str(markdown))
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
+    check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
     options = SummarizeOptions(
         questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
@@ -315,44 +329,112 @@ def summarize(
     from vidmini.model.loading import LoadOptions
 
     engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
-    if devices:
-        from vidmini.workers import run_on_devices
+    with report_lock(out):
+        if devices:
+            from vidmini.workers import run_on_devices
 
-        loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
-        done, skipped, failed = run_on_devices(loads, engine_options, profile_memory, [str(p) for p in paths],
-                                               str(out), options, not quiet)
-    else:
-        load = LoadOptions(model, device, dtype, quantize)
-        done, skipped, failed = run_summarize(lambda: build_engine(load, engine_options, profile_memory),
-                                              [str(p) for p in paths], str(out), options, progress=not quiet)
-    if markdown is not None:
-        write_markdown(str(out), str(markdown))
-    total_failed = sum(1 for r in Report(str(out)).read() if r.get("error"))
-    print(f"vidmini: {done} file(s) processed ({failed} failed), {skipped} already in {out}", file=sys.stderr)
-    if total_failed:
+            loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
+            done, skipped, failed, earlier_failed = run_on_devices(
+                loads, engine_options, profile_memory, [str(p) for p in paths], str(out), options, not quiet)
+        else:
+            load = LoadOptions(model, device, dtype, quantize)
+            done, skipped, failed, earlier_failed = run_summarize(
+                lambda: build_engine(load, engine_options, profile_memory), [str(p) for p in paths], str(out),
+                options, progress=not quiet)
+        if markdown is not None:
+            write_markdown(str(out), str(markdown))
+    print(f"vidmini: {summary_line(str(out), done, skipped, failed, earlier_failed)}", file=sys.stderr)
+    if failed:
         raise typer.Exit(errors.BAD_INPUT)
+
+
+cache_app = typer.Typer(help="The decoded-frame cache: show its entries and sizes, or clear them.",
+                        invoke_without_command=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback()
+def cache_show(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
+    """Show the cache folder, each entry (source video, frames, size, last use) and the total against the cap.
+
+    The cache lives in VIDMINI_CACHE_DIR (default ~/.cache/vidmini/frames) and holds at most VIDMINI_CACHE_MAX_GB
+    (default 8) in all; the least recently used entries are evicted to make room.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from vidmini import cache
+
+    root, found = cache.cache_root(), cache.entries()
+    total, limit = sum(e["bytes"] for e in found), cache.limit_bytes()
+    if json_out:
+        print(json.dumps({"root": str(root), "limit_bytes": limit, "total_bytes": total, "entries": found}))
+        return
+    cap = f"{limit / 1024**3:.1f} GB" if limit is not None else "invalid VIDMINI_CACHE_MAX_GB"
+    print(f"{root}: {len(found)} entr{'y' if len(found) == 1 else 'ies'}, {total / 1e6:.1f} MB (cap {cap})")
+    for e in reversed(found):  # most recently used first
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
+        print(f"  {e['key']}  {e['bytes'] / 1e6:9.1f} MB  {e['frames'] or '?':>6} frames  {used}  {e['source'] or '(damaged)'}")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    older_than: Optional[str] = typer.Option(None, "--older-than", help="Only entries unused for this long: 30d, 12h, 90m, 3600s (a bare number is days)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Remove cache entries (all, or those unused for --older-than) and temp folders left by killed runs."""
+    from vidmini import cache
+
+    try:
+        age = cache.parse_age(older_than) if older_than is not None else None
+    except ValueError:
+        raise errors.UsageError(f"--older-than {older_than!r}: give a duration such as 30d, 12h or 90m")
+    removed = cache.clear(older_than_s=age)
+    freed = sum(e["bytes"] for e in removed)
+    if json_out:
+        print(json.dumps({"removed": removed, "freed_bytes": freed}))
+    else:
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {freed / 1e6:.1f} MB, from {cache.cache_root()}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every outcome is an exit code. Errors are one line on stderr and, with --json, also one JSON
     object {"error", "exit_code"} on stdout, so a script reading stdout never has to parse stderr."""
+    from vidmini import signals
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    restore = signals.install()  # SIGTERM takes Ctrl-C's path (cleanup, one line), exit 143
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _interrupted(argv: list[str], cause: BaseException | None) -> int:
+    from vidmini.signals import interrupted
+
+    code, message = interrupted(cause)
+    return _failed(argv, code, message)
+
+
+def _main(argv: list[str]) -> int:
     try:
         result = app(args=argv, standalone_mode=False)
         if result == errors.INTERRUPTED:  # typer swallows Ctrl-C and returns 130
-            return _failed(argv, errors.INTERRUPTED, "interrupted")
+            return _interrupted(argv, None)
         return result if isinstance(result, int) else 0
     except typer.Exit as exit_:
         if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into a silent Exit(130)
-            return _failed(argv, errors.INTERRUPTED, "interrupted")
+            return _interrupted(argv, exit_.__cause__)
         return exit_.exit_code
-    except typer.Abort:
-        return _failed(argv, errors.INTERRUPTED, "interrupted")
+    except typer.Abort as abort:
+        return _interrupted(argv, abort.__cause__)
     except typer.TyperException as err:  # usage errors: typer prints the usage line and the reason
         err.show()
         code = getattr(err, "exit_code", errors.USAGE)
         _json_error(argv, code, err.format_message())
         return code
+    except KeyboardInterrupt as err:  # SIGTERM or Ctrl-C outside typer's own handling
+        return _interrupted(argv, err)
     except BaseException as err:  # noqa: BLE001  the one place every error becomes one line + an exit code
         if isinstance(err, SystemExit):
             return err.code if isinstance(err.code, int) else 0

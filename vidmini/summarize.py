@@ -12,6 +12,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,15 +68,16 @@ def looks_like_video(path: Path) -> bool:
 
 
 def discover(paths: list[str], glob: str | None = None, recursive: bool = True) -> list[str]:
-    """Video files under `paths`, in a stable (sorted) order, each once."""
+    """Video files under `paths`, each once, by resolved absolute path (so `x.mkv`, `./x.mkv` and `/abs/x.mkv`
+    are one file whatever the working directory), in a stable (sorted) order."""
     found: set[str] = set()
     for given in paths:
         root = Path(given)
         if root.is_file():
-            found.add(str(root))
+            found.add(os.path.realpath(root))
             continue
         if not root.is_dir():
-            found.add(str(root))  # reported as an error record ("no such file")
+            found.add(os.path.realpath(root))  # reported as an error record ("no such file")
             continue
         walk = root.rglob("*") if recursive else root.glob("*")
         for path in walk:
@@ -84,7 +86,26 @@ def discover(paths: list[str], glob: str | None = None, recursive: bool = True) 
             if glob and not (fnmatch.fnmatch(path.name, glob) or fnmatch.fnmatch(str(path.relative_to(root)), glob)):
                 continue
             if looks_like_video(path):
-                found.add(str(path))
+                found.add(os.path.realpath(path))
+    return sorted(found)
+
+
+def find_videos(paths: list[str], glob: str | None = None, recursive: bool = True) -> list[str]:
+    """`discover`, saying which folders held no video; exit 3 when none held any (no report is created)."""
+    from vidmini.errors import BadInput
+
+    found: set[str] = set()
+    empty = []
+    for given in paths:
+        files = discover([given], glob, recursive)
+        if not files:
+            empty.append(str(given))
+        found.update(files)
+    suffix = f" matching {glob!r}" if glob else ""
+    if not found:
+        raise BadInput(f"no videos found under {', '.join(empty)}{suffix}")
+    for folder in empty:
+        print(f"vidmini: no videos found under {folder}{suffix}", file=sys.stderr)
     return sorted(found)
 
 
@@ -101,11 +122,22 @@ def file_identity(path: str, block: int = 1 << 16) -> dict:
 
 # ---- the report ------------------------------------------------------------------------------------------------
 class Report:
+    """The JSON Lines report. Only the process holding its lock (outputs.report_lock) writes it."""
+
     def __init__(self, path: str):
         self.path = Path(path)
+        self._stamp: tuple | None = None  # the file as we last left it; anything else means another writer
+
+    def _current_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def read(self) -> list[dict]:
         """Complete, parseable records; a torn last line (a kill mid-write) is ignored."""
+        self._stamp = self._current_stamp()
         if not self.path.exists():
             return []
         records = []
@@ -128,9 +160,15 @@ class Report:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        self._stamp = self._current_stamp()
 
-    def append(self, record: dict) -> None:
-        """One complete line in one write, flushed and synced before returning."""
+    def append(self, record: dict) -> bool:
+        """One complete line in one write, flushed and synced before returning. If the file changed since we
+        last wrote or read it (a writer that ignored the lock), re-read it first and write nothing when it
+        already holds this file's record for this prompt: never two records for one file. Returns whether
+        the record was written."""
+        if self._stamp != self._current_stamp() and any(_same_record(r, record) for r in self.read()):
+            return False
         line = (json.dumps(record) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -138,28 +176,52 @@ class Report:
             os.fsync(fd)
         finally:
             os.close(fd)
+        self._stamp = self._current_stamp()
+        return True
 
 
-def plan_work(files: list[str], report: Report, options: SummarizeOptions) -> tuple[list[str], int]:
-    """Files still to do; the report is rewritten without records that are stale, torn or about to be redone.
-    Returns (todo, number skipped as already done)."""
+def _same_record(a: dict, b: dict) -> bool:
+    return (a.get("path") == b.get("path") and a.get("prompt_key") == b.get("prompt_key")
+            and a.get("content_hash") == b.get("content_hash") and a.get("size") == b.get("size"))
+
+
+def _record_file(record: dict, by_name: dict[str, list[str]]) -> str:
+    """The discovered file a record is about. Records hold resolved absolute paths; older ones may hold the path
+    as typed (relative to a working directory we do not know): those match a file of the same name and content."""
+    path = record["path"]
+    if os.path.isabs(path):
+        return os.path.realpath(path)
+    for candidate in by_name.get(os.path.basename(path), []):
+        if _same_identity(record, candidate):
+            return candidate
+    return path
+
+
+def plan_work(files: list[str], report: Report, options: SummarizeOptions) -> tuple[list[str], int, int]:
+    """Files still to do; the report is rewritten without records that are stale, torn, duplicated or about to
+    be redone. Returns (todo, number skipped as already done, how many of those failed in an earlier run)."""
     key = options.prompt_key()
     existing = report.read()
     keep, done = [], set()
     wanted = set(files)
+    by_name: dict[str, list[str]] = {}
+    for f in files:
+        by_name.setdefault(os.path.basename(f), []).append(f)
+    earlier_failed = 0
     for record in existing:
-        path = record["path"]
+        path = _record_file(record, by_name)
         if path in done:
-            continue  # a duplicate from an older version of the report: keep the first
-        fresh = (not options.force and record.get("prompt_key") == key and os.path.exists(path)
-                 and _same_identity(record, path))
+            continue  # a duplicate (an older version wrote one per spelling of the path): keep the first
+        fresh = (path in wanted and not options.force and record.get("prompt_key") == key
+                 and os.path.exists(path) and _same_identity(record, path))
         if fresh or path not in wanted:
-            keep.append(record)
+            keep.append({**record, "path": path} if fresh else record)
             done.add(path)
+            earlier_failed += bool(fresh and record.get("error"))
     if len(keep) != len(existing) or report.path.exists():
         report.rewrite(keep)
     todo = [f for f in files if f not in done]
-    return todo, len(files) - len(todo)
+    return todo, len(files) - len(todo), earlier_failed
 
 
 def _same_identity(record: dict, path: str) -> bool:
@@ -234,14 +296,15 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
 
 # ---- the job -----------------------------------------------------------------------------------------------------
 def run_summarize(engine_factory, paths: list[str], out: str, options: SummarizeOptions,
-                  progress: bool = True) -> tuple[int, int, int]:
-    """Process every file not yet in the report. Returns (done now, skipped as already done, failed now)."""
+                  progress: bool = True) -> tuple[int, int, int, int]:
+    """Process every file not yet in the report. Returns (done now, skipped as already done, failed now,
+    failed in an earlier run among the skipped)."""
     report = Report(out)
-    files = discover(paths, options.glob, options.recursive)
-    todo, skipped = plan_work(files, report, options)
+    files = find_videos(paths, options.glob, options.recursive)
+    todo, skipped, earlier_failed = plan_work(files, report, options)
     done = failed = 0
     if not todo:
-        return 0, skipped, 0
+        return 0, skipped, 0, earlier_failed
     engine = engine_factory()
     with FolderProgress(todo, enabled=progress) as bar:
         for path in todo:
@@ -254,7 +317,15 @@ def run_summarize(engine_factory, paths: list[str], out: str, options: Summarize
             bar.end(path, record)
             if record["error"] is not None and options.fail_fast:
                 break
-    return done, skipped, failed
+    return done, skipped, failed, earlier_failed
+
+
+def summary_line(out: str, done: int, skipped: int, failed: int, earlier_failed: int) -> str:
+    """What this run did, with failures from earlier runs counted apart (they do not decide the exit code)."""
+    earlier = f"; {earlier_failed} of them failed in an earlier run (--force redoes every file)" if earlier_failed else ""
+    if done == 0:
+        return f"nothing new: {skipped} file(s) already in {out}{earlier}"
+    return f"{done} file(s) processed ({failed} failed), {skipped} already in {out}{earlier}"
 
 
 class FolderProgress:
@@ -312,10 +383,12 @@ def clock(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def render_markdown(records: list[dict]) -> str:
+def render_markdown(records: list[dict], source: str = "") -> str:
+    from vidmini.outputs import MARKDOWN_MARKER
+
     ok = [r for r in records if not r.get("error")]
     hours = sum(r.get("duration_s") or 0 for r in ok) / 3600
-    lines = ["# Video summaries", "",
+    lines = [f"{MARKDOWN_MARKER} {source}; rewritten on every run -->", "# Video summaries", "",
              f"{len(records)} file(s), {len(ok)} summarized, {len(records) - len(ok)} failed; {hours:.2f} h of video.", ""]
     for r in records:
         lines += [f"## {r['path']}", ""]
@@ -339,7 +412,7 @@ def render_markdown(records: list[dict]) -> str:
 def write_markdown(report_path: str, markdown_path: str) -> int:
     records = Report(report_path).read()
     tmp = Path(markdown_path).with_name(f".{Path(markdown_path).name}.tmp")
-    tmp.write_text(render_markdown(records))
+    tmp.write_text(render_markdown(records, os.path.basename(report_path).replace("--", "- -")))
     os.replace(tmp, markdown_path)
     return len(records)
 

@@ -7,7 +7,7 @@ import multiprocessing as mp
 import os
 import queue
 
-from vidmini.summarize import Report, SummarizeOptions, discover, plan_work
+from vidmini.summarize import Report, SummarizeOptions, find_videos, plan_work
 
 
 def _worker(load, engine_options, profile_memory: bool, options: SummarizeOptions, threads: int, tasks,
@@ -35,15 +35,16 @@ def _worker(load, engine_options, profile_memory: bool, options: SummarizeOption
 
 
 def run_on_devices(loads: list, engine_options, profile_memory: bool, paths: list[str], out: str,
-                   options: SummarizeOptions, progress: bool = True) -> tuple[int, int, int]:
-    """One worker per LoadOptions (each names its device). Returns (done, skipped, failed) like run_summarize."""
+                   options: SummarizeOptions, progress: bool = True) -> tuple[int, int, int, int]:
+    """One worker per LoadOptions (each names its device). Returns (done, skipped, failed, failed in an earlier
+    run) like run_summarize."""
     from vidmini.errors import ModelLoadError, VidminiError
     from vidmini.summarize import FolderProgress
 
     report = Report(out)
-    todo, skipped = plan_work(discover(paths, options.glob, options.recursive), report, options)
+    todo, skipped, earlier_failed = plan_work(find_videos(paths, options.glob, options.recursive), report, options)
     if not todo:
-        return 0, skipped, 0
+        return 0, skipped, 0, earlier_failed
     ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA state or torch threads inherited
     tasks, results = ctx.Queue(), ctx.Queue()
     for path in todo:
@@ -82,4 +83,4 @@ def run_on_devices(loads: list, engine_options, profile_memory: bool, paths: lis
             if w.is_alive():
                 w.terminate()
             w.join(timeout=10)
-    return done, skipped, failed
+    return done, skipped, failed, earlier_failed
