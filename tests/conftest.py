@@ -6,8 +6,8 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -58,8 +58,9 @@ def three_hour_video(tmp_path_factory) -> Path:
     return Path(make_video(str(tmp_path_factory.mktemp("long") / "3h.mp4"), 3 * 3600, fps=1.0))
 
 
-@dataclass
-class CliRun:
+class CliRun(NamedTuple):
+    """What one CLI run gave: `run.code`, `run.json`, or `code, out, err = run`."""
+
     code: int
     stdout: str
     stderr: str

@@ -45,7 +45,7 @@ def test_second_ask_reads_the_cache_and_answers_the_same(tiny_checkpoint, cli):
 def test_questions_from_stdin_and_text_output(tiny_checkpoint, cli):
     out = cli("ask", "--model", tiny_checkpoint, "--max-new-tokens", "4", SAMPLE, stdin="first?\nsecond?\n")
     assert out.code == 0, out.stderr
-    assert out.stdout.startswith("Q: first?\nA: ") and "\n\nQ: second?\nA: " in out.stdout
+    assert out.stdout.startswith("Q: first?\nA: ") and "\nQ: second?\nA: " in out.stdout
     empty = cli("ask", "--model", tiny_checkpoint, SAMPLE, stdin="")
     assert empty.code == 2 and "no question" in empty.stderr
 

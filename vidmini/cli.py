@@ -321,6 +321,9 @@ def summarize(
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
     check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # a typo'd input is one line before any work, not a report holding a "no such file" record
+        raise errors.BadInput(f"{missing[0]}: no such file or folder")
     options = SummarizeOptions(
         questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
