@@ -598,3 +598,25 @@ def test_the_readme_exit_codes_are_the_ones_errors_gives_and_each_has_a_case():
     for case in CASE_FOR_EXIT_CODE.values():
         file, name = case.split("::")
         assert f"\ndef {name}(" in (REPO / "tests" / file).read_text(), case
+
+
+def test_one_writer_per_cache_entry_and_the_per_entry_cap(tmp_path, monkeypatch):
+    """A second writer of the same entry (another process, or a second open here: flock is per open file) gets no
+    writer and answers without caching; an entry larger than the cap is not cached at all."""
+    import numpy as np
+
+    from vidmini.cache import FRAME_BYTES, FrameCache
+    from vidmini.video import DecodeReport, FrameBatch
+
+    monkeypatch.setenv("VIDMINI_CACHE_MAX_GB", str(4 * FRAME_BYTES / 1024**3))  # room for 4 frames
+    first, second = FrameCache(SAMPLE, "plan-a", root=tmp_path), FrameCache(SAMPLE, "plan-a", root=tmp_path)
+    frames = np.zeros((2, 336, 336, 3), dtype=np.uint8)
+    with first.writer(2) as writer:
+        assert writer is not None
+        with second.writer(2) as other:
+            assert other is None  # the entry is being written: no second writer
+        writer.add(FrameBatch(frames, np.array([0.5, 1.5]), np.array([0, 1])))
+        writer.commit(DecodeReport())
+    assert first.exists() and second.exists() and second.meta()["count"] == 2
+    with FrameCache(SAMPLE, "plan-b", root=tmp_path).writer(5) as too_big:
+        assert too_big is None  # 5 frames > the 4-frame cap
