@@ -142,11 +142,14 @@ class MiniFrames:
                 total += text[lo - first : hi - first].float().sum(0)
 
     def pieces(self, encoded: Encoded, key, count: int, index: int):
-        """(prefix [n, H], after the frames [m, H]) of one question over one range."""
+        """(prefix [n, H], suffix [m, H]) of one question over one range: the fused prompt around <image>."""
         mean = encoded.text_sums[key] / count  # [S_text, H] fp32: the frames' average, as the reference
         prompt = self.model.fused_prompt(encoded.layout, index, mean)  # [L, H]
         at = encoded.prompts[index].index(IMAGE_TOKEN_INDEX)
         return prompt[:at], prompt[at + 1 :]
+
+    def after_frames(self) -> torch.Tensor:
+        return self.model.model.embed_tokens.weight[:0]  # [0, H]: nothing follows LLaVA-Mini's frame tokens
 
 
 class PlainFrames:
@@ -294,9 +297,8 @@ class Engine:
         prefix is the same, each question then continuing from the rewound cache."""
         start, end = queries[members[0]].frame_range(encoded.frames)
         count = max(1, end - start)
-        frames = encoded.buffer.frames(start, end)  # [(end-start)*K, H]
-        after = getattr(self.frames, "after_frames", lambda: frames[:0])()  # [n, H]: OneVision's newline
-        frames = torch.cat([frames, after.to(frames.dtype)]) if len(after) else frames
+        frames = encoded.buffer.frames(start, end)  # [(end-start)*K, H]: a view of the buffer, never copied
+        after = self.frames.after_frames().to(frames.dtype)  # [n, H]: OneVision's newline; nothing for the others
         embeds = [self.frames.pieces(encoded, key, count, encoded.questions.index(queries[i].question))
                   for i in members]
         shared = embeds[0][0]
@@ -304,12 +306,12 @@ class Engine:
         pick = make_sampler(self.options.temperature, self.options.top_p, self.options.seed) \
             if self.options.do_sample else greedy
         max_new, eos = self.options.max_new_tokens, self.model.eos_ids()
-        shared_len = len(shared) + len(frames)
+        shared_len = len(shared) + len(frames) + len(after)
         longest = max(len(s) for _, s in embeds)
         cache = new_cache(self.model, shared_len + longest + max_new)
         if same_prefix:
             with self.recorder.stage("LLM prefill"):
-                self._prefill([shared, frames], cache, 0)
+                self._prefill([shared, frames, after], cache, 0)
         for i, (prefix, suffix) in zip(members, embeds):
             with self.recorder.stage("LLM prefill"):
                 if same_prefix:
@@ -317,7 +319,7 @@ class Engine:
                     logits = self._prefill([suffix], cache, shared_len)
                 else:
                     cache.rewind(0)
-                    logits = self._prefill([prefix, frames, suffix], cache, 0)
+                    logits = self._prefill([prefix, frames, after, suffix], cache, 0)
             with self.recorder.stage("answer decode"):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
                 tokens = decode(self.model, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)

@@ -33,22 +33,25 @@ def build_tokenizer():
     return tok
 
 
-def build_model(family: str, tok, seed: int = 0):
+def build_model(family: str, tok, seed: int = 0, text: dict | None = None, vision: dict | None = None,
+                image_size: int | None = None):
+    """Random weights; `text`, `vision` and `image_size` override the tiny sizes (bench/ builds bigger ones)."""
     import torch
     from transformers import LlavaNextVideoConfig, LlavaOnevisionConfig
 
     from vidmini.backends.hf_video import model_class
 
-    size = FAMILIES[family][0]
+    size = image_size or FAMILIES[family][0]
     ids = dict(video_token_index=tok.convert_tokens_to_ids("<video>"),
                image_token_index=tok.convert_tokens_to_ids("<image>"))
-    text = dict(TEXT, vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    text = dict(TEXT, **(text or {}), vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    vision = dict(VISION, **(vision or {}))
     if family == "llava_next_video":
-        config = LlavaNextVideoConfig(vision_config=dict(model_type="clip_vision_model", image_size=size, **VISION),
+        config = LlavaNextVideoConfig(vision_config=dict(model_type="clip_vision_model", image_size=size, **vision),
                                       text_config=dict(model_type="llama", **text), **ids)
     else:
         config = LlavaOnevisionConfig(
-            vision_config=dict(model_type="siglip_vision_model", image_size=size, vision_use_head=False, **VISION),
+            vision_config=dict(model_type="siglip_vision_model", image_size=size, vision_use_head=False, **vision),
             text_config=dict(model_type="qwen2", **text), **ids)
     torch.manual_seed(seed)
     model = model_class(family)(config).eval()
@@ -56,9 +59,9 @@ def build_model(family: str, tok, seed: int = 0):
     return model
 
 
-def preprocessor_config(family: str) -> dict:
-    """The video preprocessor settings each family's processor saves (at the tiny image size)."""
-    size = FAMILIES[family][0]
+def preprocessor_config(family: str, image_size: int | None = None) -> dict:
+    """The video preprocessor settings each family's processor saves (at the tiny image size by default)."""
+    size = image_size or FAMILIES[family][0]
     if family == "llava_next_video":  # CLIP's steps: shortest edge, then the centre crop; CLIP's mean and std
         return dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True,
                     do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
@@ -68,6 +71,9 @@ def preprocessor_config(family: str) -> dict:
 
 
 def write_checkpoint(folder: str, family: str, seed: int = 0) -> str:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" for a small file is noise
     tok = build_tokenizer()
     build_model(family, tok, seed).save_pretrained(folder)
     tok.save_pretrained(folder)
