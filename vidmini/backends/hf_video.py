@@ -21,7 +21,7 @@ A VideoBackend is a frame model for vidmini.engine (the same streaming engine as
 gives [B, K, H] LLM-ready tokens per frame, `video_end` what follows a frame range, `prompt` the model's own chat
 format split around its single `<video>` placeholder, `embed` / `language_forward` / `eos_ids` the LLM side, and
 `geometry` / `image_mean` / `image_std` / `frame_shape` what the decoder, the normalisation and vidmini.capacity
-need, read from the checkpoint's own processor and config. `load` builds one from a folder (vidmini.model.loading
+need, read from the checkpoint's own preprocessor config, chat template and config. `load` builds one from a folder (vidmini.model.loading
 locates it).
 """
 
