@@ -188,7 +188,7 @@ def llava_mini(frame_count: int, repeats: int, k: int, max_new: int, agreement_f
     videos = [frames_of(v, FrameGeometry(), agreement_frames) for v in SAMPLES]
     tiny = build_model("tiny", vocab_size=len(tok))
     budgets = (576, 288, 144, k)  # 576 keeps every token: the exact path, a check of the comparison itself
-    rows = [*mini_agreement("tiny test checkpoint (random)", tiny, tok, videos, QUESTIONS, budgets, max_new),
+    rows = [*mini_agreement("tiny model (random, 24x24 patches)", tiny, tok, videos, QUESTIONS, budgets, max_new),
             *mini_agreement("bench model (random)", bench_model, tok, videos, QUESTIONS, budgets, max_new)]
     if FIXTURE.exists():
         io = np.load(FIXTURE / "reference_io.npz")

@@ -116,8 +116,9 @@ class MiniFrames:
 
     def start(self, encoded: Encoded, device, dtype) -> None:
         encoded.layout = layout = FusionLayout.build(encoded.prompts)
+        patches = self.model.model.vision_tower.num_patches
         prefix = None if self.prefusion_tokens is None else \
-            min(self.prefusion_tokens, self.model.vision_prefix_len) + self.model.tokens_per_frame
+            min(self.prefusion_tokens, patches) + self.model.tokens_per_frame  # kept vision + compressed tokens
         self._mask = self.model.fusion_mask(layout, device, dtype, prefix)
         hidden = self.model.config.hidden_size
         encoded.text_sums = {r: torch.zeros(len(layout.text_ids), hidden, device=device) for r in encoded.ranges}
