@@ -101,8 +101,6 @@ class MiniFrames:
     frames of its range (summed in fp32). With `prefusion_tokens`, VisionZip keeps K of the 576 vision tokens
     for pre-fusion (vidmini.reduce.prefusion)."""
 
-    stages = ("vision encode", "pre-fusion")
-
     def __init__(self, model, tokenizer, options: EngineOptions):
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.prefusion_tokens = options.prefusion_tokens
@@ -157,8 +155,6 @@ class PlainFrames:
     """A video VLM whose frame tokens need no question (vidmini.backends.hf_video): per batch, the backend's
     K tokens per frame; per question, its own prompt embedded around [frames | video_end]."""
 
-    stages = ("vision encode",)
-
     def __init__(self, model, tokenizer, options: EngineOptions):
         if options.prefusion_tokens is not None:
             raise UsageError(f"--prefusion-tokens is for LLaVA-Mini; this model is {model.family} "
@@ -184,8 +180,8 @@ class PlainFrames:
         pass
 
     def pieces(self, encoded: Encoded, key, count: int, index: int):
-        """(prefix [n, H], video_end + suffix [m, H]): the video's end tokens are the same for every question, so
-        they are prefilled once with the frames (see Engine._answer_range)."""
+        """(prefix [n, H], suffix [m, H]): the model's own prompt, embedded. The video's end tokens
+        (after_frames) are the same for every question, so the engine prefills them once with the frames."""
         prefix, suffix = self.model.prompt(encoded.questions[index])
         return self.model.embed(prefix), self.model.embed(suffix)
 
