@@ -172,10 +172,10 @@ def mini_agreement(name, model, tok, inputs, questions, budgets, max_new: int, i
 
 
 def llava_mini(frame_count: int, repeats: int, k: int, max_new: int, agreement_frames: int) -> dict:
-    import vidmini  # noqa: F401  registers LLaVA-Mini with transformers
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    import vidmini  # noqa: F401  registers LLaVA-Mini with transformers
     from vidmini.testing.tiny_checkpoint import build_model, build_tokenizer
     from vidmini.video.frames import FrameGeometry
 

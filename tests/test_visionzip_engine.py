@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+
 from vidmini.testing.tiny_video_vlm import FAMILIES, write_checkpoint
 
 SAMPLE = REPO / "sample_videos" / "scenes.mp4"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES, REPO
+
 from vidmini.engine import Engine, EngineOptions, Query
 from vidmini.video import FrameBatch
 
@@ -63,8 +63,9 @@ def test_on_the_reference_fixture_every_token_kept_gives_the_reference_tokens():
     ckpt = FIXTURES / "llava_mini_tiny_c1"
     if not ckpt.exists():
         pytest.skip("fixtures not present")
-    import vidmini  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import vidmini  # noqa: F401
 
     io = np.load(ckpt / "reference_io.npz")
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)

@@ -41,6 +41,7 @@ import numpy as np
 from vidmini.video.frames import SIZE, DecodeReport, FrameBatch, FrameGeometry
 
 FRAME_BYTES = SIZE * SIZE * 3  # LLaVA-Mini's frames; other geometries: FrameGeometry.frame_bytes
+SQUASHED_336 = FrameGeometry()  # LLaVA-Mini's frame geometry, the default
 DEFAULT_LIMIT_GB = 8.0
 FORMAT = 2  # entries of another format are rebuilt
 OTHER_FORMAT = "written by another version of vidmini"
@@ -84,7 +85,7 @@ def limit_bytes() -> int | None:
     return int(gb * 1024**3)
 
 
-def entry_key(path: str, plan_key: str, geometry: FrameGeometry = FrameGeometry()) -> str:
+def entry_key(path: str, plan_key: str, geometry: FrameGeometry = SQUASHED_336) -> str:
     stat = os.stat(path)
     ident = f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{plan_key}|{geometry.key()}"
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
@@ -143,7 +144,7 @@ class _Entry:
 
 # ---- one entry -----------------------------------------------------------------------------------------------
 class FrameCache:
-    def __init__(self, path: str, plan_key: str, root: Path | None = None, geometry: FrameGeometry = FrameGeometry()):
+    def __init__(self, path: str, plan_key: str, root: Path | None = None, geometry: FrameGeometry = SQUASHED_336):
         self.root = root or cache_root()
         self.source = os.path.realpath(path)
         self.plan_key = plan_key
