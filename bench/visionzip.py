@@ -1,6 +1,8 @@
 """VisionZip's cost in the vision encoder: per-frame encode time and peak memory, three ways, in one run.
 
     python bench/visionzip.py [--frames 1] [--repeats 3] [--dominant 54 --contextual 10] [--device cpu|cuda]
+    python bench/visionzip.py --engine   # through the engine: the video VLM backends and LLaVA-Mini
+                                         # --prefusion-tokens 64 (bench/visionzip_engine.py; CPU)
 
 On CLIP ViT-L/14-336 dimensions (24 layers, hidden 1024, 16 heads, 577 tokens) with random weights:
 
@@ -152,11 +154,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "visionzip.json"))
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", action="store_true", help="the engine-level bench (bench/visionzip_engine.py)")
+    parser.add_argument("--engine-frames", type=int, default=8, help="frames per engine timing run")
+    parser.add_argument("--agreement-frames", type=int, default=8, help="frames per video in the agreement runs")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per answer")
     args = parser.parse_args()
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     torch.set_num_threads(args.threads)
     if args.child:
         return memory_child(args)
+    if args.engine:
+        return engine_bench(args)
 
     dtype = getattr(torch, args.dtype)
     if args.device.startswith("cuda"):
@@ -188,6 +196,22 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))
     Path(args.out).with_suffix(".txt").write_text("\n".join(lines) + "\n")
     print(f"saved {args.out}", file=sys.stderr)
+
+
+def engine_bench(args) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import visionzip_engine
+
+    machine = (f"CPU ({platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, "
+               f"load {os.getloadavg()[0]:.1f}), float32")
+    result, lines = visionzip_engine.run(args)
+    lines.insert(0, f"machine: {machine}")
+    print("\n".join(lines))
+    out = Path(args.out).with_name("visionzip_engine.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, **result}, indent=1))
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"saved {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

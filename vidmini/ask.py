@@ -137,7 +137,8 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
             decoder: str = "auto", batch_size: int | None = None, max_new_tokens: int = 512,
             temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
             profile_memory: bool = False, progress: bool = True, streamer=None, recorder=None,
-            decode_workers: int = 1, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS) -> dict:
+            decode_workers: int = 1, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
+            prefusion_tokens: int | None = None) -> dict:
     """The whole `ask` job. Returns the --json object; streams answers through `streamer` when given."""
     from vidmini.engine import EngineOptions
     from vidmini.memory import Recorder
@@ -145,7 +146,8 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
     started = time.monotonic()
     recorder = recorder or Recorder(memory=profile_memory, device=str(model.device))
     options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                            temperature=temperature or 1.0, top_p=top_p, seed=seed)
+                            temperature=temperature or 1.0, top_p=top_p, seed=seed,
+                            prefusion_tokens=prefusion_tokens)
     try:
         engine = Engine(model, tokenizer, options, recorder)
         counts = check_length(tokenizer, questions, max_question_tokens)
@@ -168,6 +170,7 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
                 bar.note(f"cached {cache_info['bytes'] / 1e6:.1f} MB of decoded frames in {cache_info['path']}")
         result = {
             "video": path, "model": model_name, "duration_s": source.duration_s, "frames_used": encoded.frames,
+            "tokens_per_frame": engine.model.tokens_per_frame, "prefusion_tokens": prefusion_tokens,
             "fps": sampling.fps if source.kind == "video" else None, "decoder": source.decoder,
             "from_cache": source.from_cache, "cache": cache_info, "notes": source.notes,
             "warnings": source.report.warnings(),
@@ -193,8 +196,11 @@ def _cache_info(source: Source) -> dict | None:
 def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, use_cache: bool,
                  questions: list[str], decode_workers: int = 1) -> Source:
     if is_image(path):
-        return open_image(path, engine.model.config)
+        if hasattr(engine.model, "fuse"):  # LLaVA-Mini: the reference's image path (pad or crop)
+            return open_image(path, engine.model.config)
+        return open_image(path, geometry=engine.geometry)
     prompt_tokens = max(len(engine.prompt_ids(q)) for q in questions)
     capacity = engine.frame_capacity(prompt_tokens)
-    stream = StreamOptions(decoder=decoder, batch_size=engine.batch_size, workers=decode_workers)
+    stream = StreamOptions(decoder=decoder, batch_size=engine.batch_size, workers=decode_workers,
+                           geometry=engine.geometry)
     return open_video(path, sampling, capacity, stream, use_cache)

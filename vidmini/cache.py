@@ -1,9 +1,10 @@
 """A cache of decoded frames, so that a second question about the same video does not decode it again.
 
-What is cached is the question-independent input of the model: the sampled frames at 336x336 (uint8), keyed by
-the file's identity (path, size, mtime) and the sampling plan. Everything after them (CLIP, pre-fusion) depends
+What is cached is the question-independent input of the model: the sampled frames at the model's frame geometry
+(336x336 squashed for LLaVA-Mini; uint8), keyed by the file's identity (path, size, mtime), the sampling plan and
+the geometry (vidmini.video.frames.FrameGeometry). Everything after them (CLIP, pre-fusion) depends
 on the question and is recomputed, so answers are identical to a fresh run. Frames do not depend on the model,
-so the entry serves every model.
+so the entry serves every model of the same frame geometry.
 
 The cache is an optimisation, so it is never fatal: a folder that cannot be written, a full disk, a damaged
 entry or a bad setting costs one warning and the video is decoded as if there were no cache.
@@ -37,9 +38,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from vidmini.video.frames import SIZE, DecodeReport, FrameBatch
+from vidmini.video.frames import SIZE, DecodeReport, FrameBatch, FrameGeometry
 
-FRAME_BYTES = SIZE * SIZE * 3
+FRAME_BYTES = SIZE * SIZE * 3  # LLaVA-Mini's frames; other geometries: FrameGeometry.frame_bytes
+SQUASHED_336 = FrameGeometry()  # LLaVA-Mini's frame geometry, the default
 DEFAULT_LIMIT_GB = 8.0
 FORMAT = 2  # entries of another format are rebuilt
 OTHER_FORMAT = "written by another version of vidmini"
@@ -83,9 +85,9 @@ def limit_bytes() -> int | None:
     return int(gb * 1024**3)
 
 
-def entry_key(path: str, plan_key: str) -> str:
+def entry_key(path: str, plan_key: str, geometry: FrameGeometry = SQUASHED_336) -> str:
     stat = os.stat(path)
-    ident = f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{plan_key}|{SIZE}"
+    ident = f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{plan_key}|{geometry.key()}"
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
@@ -104,15 +106,15 @@ def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _sample_digest(fd: int, count: int) -> str:
+def _sample_digest(fd: int, count: int, frame_bytes: int = FRAME_BYTES) -> str:
     """A digest of the first, middle and last frames: catches a zeroed or rewritten file without reading GBs."""
     digest = hashlib.sha256()
     for index in sorted({0, count // 2, count - 1}):
-        digest.update(os.pread(fd, FRAME_BYTES, index * FRAME_BYTES))
+        digest.update(os.pread(fd, frame_bytes, index * frame_bytes))
     return digest.hexdigest()
 
 
-def verify(meta_bytes: bytes, frames: BinaryIO) -> tuple[dict | None, str | None]:
+def verify(meta_bytes: bytes, frames: BinaryIO, frame_bytes: int = FRAME_BYTES) -> tuple[dict | None, str | None]:
     """(metadata, None) for a sound entry; (None, what is wrong) otherwise."""
     try:
         meta = json.loads(meta_bytes)
@@ -127,9 +129,9 @@ def verify(meta_bytes: bytes, frames: BinaryIO) -> tuple[dict | None, str | None
     if count < 1 or len(meta["times_s"]) != count or len(meta["positions"]) != count:
         return None, "meta.json lists a wrong number of frames"
     size = os.fstat(frames.fileno()).st_size
-    if size != count * FRAME_BYTES:
-        return None, f"frames.u8 holds {size} bytes, {count * FRAME_BYTES} expected"
-    if _sample_digest(frames.fileno(), count) != meta["frames_digest"]:
+    if size != count * frame_bytes:
+        return None, f"frames.u8 holds {size} bytes, {count * frame_bytes} expected"
+    if _sample_digest(frames.fileno(), count, frame_bytes) != meta["frames_digest"]:
         return None, "frames.u8 does not match its checksum"
     return meta, None
 
@@ -142,11 +144,12 @@ class _Entry:
 
 # ---- one entry -----------------------------------------------------------------------------------------------
 class FrameCache:
-    def __init__(self, path: str, plan_key: str, root: Path | None = None):
+    def __init__(self, path: str, plan_key: str, root: Path | None = None, geometry: FrameGeometry = SQUASHED_336):
         self.root = root or cache_root()
         self.source = os.path.realpath(path)
         self.plan_key = plan_key
-        self.key = entry_key(path, plan_key)
+        self.geometry = geometry
+        self.key = entry_key(path, plan_key, geometry)
         self.dir = self.root / self.key
         self._entry: _Entry | None = None
 
@@ -171,7 +174,7 @@ class FrameCache:
                                            "decoding instead")
             return None
         try:
-            meta, problem = verify(meta_bytes, frames)
+            meta, problem = verify(meta_bytes, frames, self.geometry.frame_bytes)
         except (OSError, KeyError, TypeError) as err:
             meta, problem = None, f"unreadable ({err})"
         if problem is not None:
@@ -201,7 +204,7 @@ class FrameCache:
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
         meta = self.meta()
         count = meta["count"]
-        frames = np.memmap(self._entry.frames, dtype=np.uint8, mode="r", shape=(count, SIZE, SIZE, 3))
+        frames = np.memmap(self._entry.frames, dtype=np.uint8, mode="r", shape=(count, self.geometry.size, self.geometry.size, 3))
         times, positions = np.asarray(meta["times_s"]), np.asarray(meta["positions"])
         for lo in range(0, count, batch_size):
             hi = min(count, lo + batch_size)
@@ -236,7 +239,7 @@ class FrameCache:
 
     def _start(self, expected_frames: int):
         limit = limit_bytes()
-        if limit is None or expected_frames * FRAME_BYTES > limit:
+        if limit is None or expected_frames * self.geometry.frame_bytes > limit:
             return None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -305,7 +308,7 @@ class CacheWriter:
             os.fsync(self.file.fileno())
             self.file.close()
             with open(self.folder / "frames.u8", "rb") as f:
-                digest = _sample_digest(f.fileno(), len(self.positions))
+                digest = _sample_digest(f.fileno(), len(self.positions), self.cache.geometry.frame_bytes)
             body = {"format": FORMAT, "source": self.cache.source, "plan_key": self.cache.plan_key,
                     "count": len(self.positions), "times_s": self.times, "positions": self.positions,
                     "report": dict(report.__dict__), "frames_digest": digest, "created": time.time()}

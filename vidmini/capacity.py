@@ -2,7 +2,9 @@
 may be, and what a card of a given size would hold. `ask`, `summarize`, the dry run and `--profile-memory` all
 call these functions, so the estimate and the run can never disagree.
 
-Everything here is computed from the model's config (no loaded weights needed), in bytes.
+Everything here is computed from the model's config (no loaded weights needed), in bytes. A LLaVA-Mini config is
+accepted as it is; other models (vidmini.backends) describe a frame by a FrameShape: the LLM's config, the tokens
+each frame keeps, and the vision work per frame.
 """
 
 from __future__ import annotations
@@ -19,6 +21,36 @@ MAX_AUTO_BATCH = 64
 CPU_BATCH = 8  # CPU kernels gain nothing from bigger batches; memory stays small
 
 
+@dataclass(frozen=True)
+class FrameShape:
+    """What one frame costs, from configs alone (LLaVA-Mini's config answers the same questions itself)."""
+
+    text: object  # the LLM's config: layers, KV heads, head_dim, hidden_size, max_position_embeddings
+    tokens: int  # tokens per frame in the token buffer and the KV cache (K)
+    vision: dict  # the vision tower's hidden_size and intermediate_size
+    vision_seq: int  # tokens through the vision tower per frame
+    fusion_seq: int = 0  # tokens through a pre-fusion stage per frame (0 = none)
+
+
+def text_config(config):
+    """The LLM's config of a FrameShape or a LLaVA-Mini config."""
+    return config.text if isinstance(config, FrameShape) else config
+
+
+def tokens_per_frame(config) -> int:
+    return config.tokens if isinstance(config, FrameShape) else config.compressor_size**2
+
+
+def llava_mini_shape(config, prefusion_tokens: int | None = None) -> FrameShape:
+    """LLaVA-Mini's frame: C*C tokens; CLIP over all patches; pre-fusion over the vision prefix (all patches, or
+    the `prefusion_tokens` VisionZip keeps) + the compressed tokens + the prompt."""
+    vision = dict(config.vision_config)
+    patches = vision_prefix_len(config) - config.compressor_size**2
+    kept = patches if prefusion_tokens is None else min(prefusion_tokens, patches)
+    return FrameShape(config, config.compressor_size**2, vision, patches,
+                      kept + config.compressor_size**2 + PROMPT_TOKENS_GUESS)
+
+
 def dtype_bytes(dtype) -> int:
     import torch
 
@@ -27,18 +59,19 @@ def dtype_bytes(dtype) -> int:
 
 def kv_bytes_per_token(config, dtype) -> int:
     """KV-cache bytes one LLM position costs: keys and values, every layer, the KV heads only (GQA)."""
+    config = text_config(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype_bytes(dtype)
 
 
 def buffer_bytes_per_frame(config, dtype) -> int:
-    """The token buffer's bytes per frame: its C*C tokens of hidden size."""
-    return config.compressor_size**2 * config.hidden_size * dtype_bytes(dtype)
+    """The token buffer's bytes per frame: its K tokens (C*C for LLaVA-Mini) of the LLM's hidden size."""
+    return tokens_per_frame(config) * text_config(config).hidden_size * dtype_bytes(dtype)
 
 
 def bytes_per_frame(config, dtype) -> int:
     """Device bytes each extra frame costs: its tokens in the buffer plus their KV-cache positions."""
-    return buffer_bytes_per_frame(config, dtype) + config.compressor_size**2 * kv_bytes_per_token(config, dtype)
+    return buffer_bytes_per_frame(config, dtype) + tokens_per_frame(config) * kv_bytes_per_token(config, dtype)
 
 
 def vision_prefix_len(config) -> int:
@@ -53,10 +86,13 @@ def vision_prefix_len(config) -> int:
 def working_bytes_per_frame(config, dtype, text_tokens: int = PROMPT_TOKENS_GUESS) -> int:
     """Activation memory one frame needs in vision encode + pre-fusion (an estimate, with 2x headroom): one layer's
     live activations at a time plus the residual stream, CLIP in fp32 at worst."""
-    vision = config.vision_config
-    seq = vision_prefix_len(config) + text_tokens
-    clip = seq * (4 * vision["hidden_size"] + vision["intermediate_size"]) * 4
-    fusion = seq * (6 * config.hidden_size + 3 * config.intermediate_size) * dtype_bytes(dtype)
+    if isinstance(config, FrameShape):
+        vision, text, vision_seq, fusion_seq = config.vision, config.text, config.vision_seq, config.fusion_seq
+    else:  # LLaVA-Mini as the phase-1 rule had it: CLIP and pre-fusion both sized by the whole prefix + prompt
+        vision, text = config.vision_config, config
+        vision_seq = fusion_seq = vision_prefix_len(config) + text_tokens
+    clip = vision_seq * (4 * vision["hidden_size"] + vision["intermediate_size"]) * 4
+    fusion = fusion_seq * (6 * text.hidden_size + 3 * text.intermediate_size) * dtype_bytes(dtype)
     return 2 * (clip + fusion)
 
 
@@ -86,7 +122,8 @@ def auto_batch_size(config, dtype, device) -> int:
 
 def context_frames(config, prompt_tokens: int, max_new_tokens: int) -> int:
     """Frames whose tokens fit in the LLM's context next to the prompt and the answer."""
-    return max(0, (config.max_position_embeddings - prompt_tokens - max_new_tokens) // config.compressor_size**2)
+    context = text_config(config).max_position_embeddings
+    return max(0, (context - prompt_tokens - max_new_tokens) // tokens_per_frame(config))
 
 
 @dataclass(frozen=True)
@@ -103,7 +140,7 @@ def frame_capacity(config, dtype, batch_size: int, free: int, prompt_tokens: int
     memory = max(1, (free - working) // bytes_per_frame(config, dtype))
     if memory < context:
         return Capacity(int(memory), "memory left for the token buffer and KV cache")
-    return Capacity(int(context), f"the LLM's context ({config.max_position_embeddings} positions)")
+    return Capacity(int(context), f"the LLM's context ({text_config(config).max_position_embeddings} positions)")
 
 
 def expected_peak(weight_bytes: int, frames: int, config, dtype, batch_size: int, max_new_tokens: int) -> int:

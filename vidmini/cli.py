@@ -206,6 +206,8 @@ def ask(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the decoded-frame cache."),
     vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
+    tokens_per_frame: Optional[int] = typer.Option(None, "--tokens-per-frame", min=1, help="LLaVA-NeXT-Video / LLaVA-OneVision: keep K tokens per frame by VisionZip (default: all of the model's own)."),
+    prefusion_tokens: Optional[int] = typer.Option(None, "--prefusion-tokens", min=1, help="LLaVA-Mini: VisionZip keeps K of the 576 vision tokens for pre-fusion (faster; changes answers; off by default)."),
     json_out: bool = JsonOpt,
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
     memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, help="Seconds between CPU RSS samples with --profile-memory."),
@@ -252,12 +254,13 @@ def ask(
     check_input(str(video))  # a missing or unreadable file is one line now, not after a model load
     recorder = Recorder(memory=profile_memory, device=pick_device(device), interval_s=memory_interval)
     with recorder.stage("load"):
-        loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32))
+        loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame))
     result = run_ask(
         loaded, tokenizer, str(video), asked, model_name=model,
         sampling=sampling_opts, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
         profile_memory=profile_memory, progress=not quiet, recorder=recorder, max_question_tokens=max_question_tokens,
+        prefusion_tokens=prefusion_tokens,
         streamer=None if json_out else (lambda engine, queries: TextStreamer(engine, queries, len(queries) > 1)),
     )
     if memory_plot is not None:

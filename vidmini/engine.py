@@ -1,27 +1,33 @@
 """The streaming engine: frames -> vision tokens in a preallocated buffer -> answers (docs/design.md, data flow).
 
 One pass over the frames serves every query. A query is a question over a range of frames (the whole video, or a
-chapter). Per batch of frames: CLIP + compressor + projector, then one pre-fusion pass with all the questions
-packed in (vidmini.model.prefusion); the per-frame tokens are written by index into the TokenBuffer and each
-query's fused prompt is summed in fp32 over the frames of its range. Then, per range, the LLM prefills
-[fused prefix | frame tokens] once and each question continues from there with its own fused suffix.
+chapter). Per batch of frames, a frame strategy turns pixels into K tokens per frame, written by index into the
+TokenBuffer:
+- MiniFrames (LLaVA-Mini): CLIP + compressor + projector, then one pre-fusion pass with all the questions packed
+  in (vidmini.model.prefusion); each query's fused prompt is summed in fp32 over the frames of its range.
+- PlainFrames (vidmini.backends.hf_video: LLaVA-NeXT-Video, LLaVA-OneVision): the model's own per-frame tokens,
+  K of them by VisionZip; the prompt is the model's own chat format, embedded as it is.
+Then, per range, the LLM prefills [prefix | frame tokens | after the frames] once and each question continues from
+there with its own suffix (last-position logits only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from vidmini import capacity
-from vidmini.errors import DeviceOutOfMemory
+from vidmini.capacity import text_config
+from vidmini.errors import DeviceOutOfMemory, UsageError
 from vidmini.memory import Recorder
 from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
 from vidmini.model.preprocess import normalization_table, normalize
 from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
-from vidmini.video.frames import FrameBatch
+from vidmini.reduce.prefusion import encode_frames_reduced
+from vidmini.video.frames import FrameBatch, FrameGeometry
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class EngineOptions:
     top_p: float | None = None
     seed: int | None = None
     system_prompt: str = SYSTEM_PROMPT
+    prefusion_tokens: int | None = None  # LLaVA-Mini: VisionZip keeps K vision tokens for pre-fusion (None = exact)
 
 
 class TokenBuffer:
@@ -77,14 +84,114 @@ class Encoded:
     """Everything the answers need after the pass over the frames."""
 
     buffer: TokenBuffer
-    layout: FusionLayout
+    layout: FusionLayout | None  # LLaVA-Mini: where each question sits in pre-fusion
     questions: list[str]  # distinct questions, in layout order
     prompts: list[list[int]]
-    text_sums: dict[tuple[int, int | None], torch.Tensor]  # per frame range: [S_text, H] fp32
+    text_sums: dict[tuple[int, int | None], torch.Tensor]  # LLaVA-Mini, per frame range: [S_text, H] fp32
+    ranges: list[tuple[int, int | None]] = field(default_factory=list)  # distinct (start, end) of the queries
 
     @property
     def frames(self) -> int:
         return self.buffer.count
+
+
+class MiniFrames:
+    """LLaVA-Mini's way: per batch, CLIP + compressor + projector, then one pre-fusion pass with every question
+    packed in; the frame tokens are question-independent, and each question's fused prompt is the mean over the
+    frames of its range (summed in fp32). With `prefusion_tokens`, VisionZip keeps K of the 576 vision tokens
+    for pre-fusion (vidmini.reduce.prefusion)."""
+
+    def __init__(self, model, tokenizer, options: EngineOptions):
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+        self.prefusion_tokens = options.prefusion_tokens
+        cfg = model.config
+        self.geometry = FrameGeometry()  # 336x336 squashed, as the reference
+        self.mean, self.std = cfg.image_mean, cfg.image_std
+        self.shape = cfg if self.prefusion_tokens is None else capacity.llava_mini_shape(cfg, self.prefusion_tokens)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return build_prompt_ids(self.tokenizer, question, self.options.system_prompt)
+
+    def start(self, encoded: Encoded, device, dtype) -> None:
+        encoded.layout = layout = FusionLayout.build(encoded.prompts)
+        patches = self.model.model.vision_tower.num_patches
+        prefix = None if self.prefusion_tokens is None else \
+            min(self.prefusion_tokens, patches) + self.model.tokens_per_frame  # kept vision + compressed tokens
+        self._mask = self.model.fusion_mask(layout, device, dtype, prefix)
+        hidden = self.model.config.hidden_size
+        encoded.text_sums = {r: torch.zeros(len(layout.text_ids), hidden, device=device) for r in encoded.ranges}
+
+    def encode(self, pixels: torch.Tensor, table: torch.Tensor, encoded: Encoded, recorder: Recorder):
+        """(frame tokens [b, C*C, H], text [b, S_text, H])."""
+        with recorder.stage("vision encode"):
+            pv = normalize(pixels, table)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
+            if self.prefusion_tokens is None:
+                vision, compressed = self.model.encode_frames(pv)
+                positions = None
+            else:
+                vision, compressed, positions = encode_frames_reduced(self.model, pv, self.prefusion_tokens)
+        with recorder.stage("pre-fusion"):
+            return self.model.fuse(vision, compressed, encoded.layout, self._mask, positions)
+
+    @staticmethod
+    def accumulate(encoded: Encoded, text: torch.Tensor, first: int, end: int) -> None:
+        for (start, stop), total in encoded.text_sums.items():
+            lo, hi = max(start, first), min(end if stop is None else stop, end)
+            if hi > lo:
+                total += text[lo - first : hi - first].float().sum(0)
+
+    def pieces(self, encoded: Encoded, key, count: int, index: int):
+        """(prefix [n, H], suffix [m, H]) of one question over one range: the fused prompt around <image>."""
+        mean = encoded.text_sums[key] / count  # [S_text, H] fp32: the frames' average, as the reference
+        prompt = self.model.fused_prompt(encoded.layout, index, mean)  # [L, H]
+        at = encoded.prompts[index].index(IMAGE_TOKEN_INDEX)
+        return prompt[:at], prompt[at + 1 :]
+
+    def after_frames(self) -> torch.Tensor:
+        return self.model.model.embed_tokens.weight[:0]  # [0, H]: nothing follows LLaVA-Mini's frame tokens
+
+
+class PlainFrames:
+    """A video VLM whose frame tokens need no question (vidmini.backends.hf_video): per batch, the backend's
+    K tokens per frame; per question, its own prompt embedded around [frames | video_end]."""
+
+    def __init__(self, model, tokenizer, options: EngineOptions):
+        if options.prefusion_tokens is not None:
+            raise UsageError(f"--prefusion-tokens is for LLaVA-Mini; this model is {model.family} "
+                             "(use --tokens-per-frame)")
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+        self.geometry, self.mean, self.std = model.geometry, model.image_mean, model.image_std
+        self.shape = model.frame_shape
+
+    def prompt_ids(self, question: str) -> list[int]:
+        prefix, suffix = self.model.prompt(question)
+        return prefix + [self.model.config.video_token_id] * len(self.model.video_end()) + suffix
+
+    def start(self, encoded: Encoded, device, dtype) -> None:
+        pass
+
+    def encode(self, pixels: torch.Tensor, table: torch.Tensor, encoded: Encoded, recorder: Recorder):
+        with recorder.stage("vision encode"):
+            pv = normalize(pixels, table)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
+            return self.model.encode_frames(pv), None  # [b, K, H]
+
+    @staticmethod
+    def accumulate(encoded: Encoded, text, first: int, end: int) -> None:
+        pass
+
+    def pieces(self, encoded: Encoded, key, count: int, index: int):
+        """(prefix [n, H], suffix [m, H]): the model's own prompt, embedded. The video's end tokens
+        (after_frames) are the same for every question, so the engine prefills them once with the frames."""
+        prefix, suffix = self.model.prompt(encoded.questions[index])
+        return self.model.embed(prefix), self.model.embed(suffix)
+
+    def after_frames(self) -> torch.Tensor:
+        return self.model.video_end()  # [n, H]
+
+
+def frame_strategy(model, tokenizer, options: EngineOptions):
+    """LLaVA-Mini (pre-fusion with the questions) or a plain per-frame token model."""
+    return MiniFrames(model, tokenizer, options) if hasattr(model, "fuse") else PlainFrames(model, tokenizer, options)
 
 
 class Engine:
@@ -94,44 +201,47 @@ class Engine:
         self.device = model.device
         self.dtype = model.compute_dtype
         self.recorder = recorder or Recorder(device=str(self.device))
-        self.table = normalization_table(model.config.image_mean, model.config.image_std).to(self.device)
-        self.batch_size = self.options.batch_size or capacity.auto_batch_size(model.config, self.dtype, self.device)
+        self.frames = frame_strategy(model, tokenizer, self.options)
+        self.geometry = self.frames.geometry
+        self.shape = self.frames.shape  # what a frame costs (vidmini.capacity)
+        self.table = normalization_table(self.frames.mean, self.frames.std).to(self.device)
+        self.batch_size = self.options.batch_size or capacity.auto_batch_size(self.shape, self.dtype, self.device)
         self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
 
     def kv_bytes_per_token(self) -> int:
-        return capacity.kv_bytes_per_token(self.model.config, self.dtype)
+        return capacity.kv_bytes_per_token(self.shape, self.dtype)
 
     def frame_capacity(self, prompt_tokens: int) -> capacity.Capacity:
         """How many frames this engine can hold for prompts of `prompt_tokens` (capacity.frame_capacity)."""
         free = capacity.free_bytes(self.device)
-        return capacity.frame_capacity(self.model.config, self.dtype, self.batch_size, free, prompt_tokens,
+        return capacity.frame_capacity(self.shape, self.dtype, self.batch_size, free, prompt_tokens,
                                        self.options.max_new_tokens)
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> list[int]:
-        return build_prompt_ids(self.tokenizer, question, self.options.system_prompt)
+        """The question's prompt as the LLM sees it, one placeholder per non-frame video token."""
+        return self.frames.prompt_ids(question)
 
     # ---- the pass over the frames ------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batches: Iterable[FrameBatch], capacity: int, queries: list[Query],
                on_batch: Callable[[FrameBatch], None] | None = None) -> Encoded:
         questions = list(dict.fromkeys(q.question for q in queries))
-        prompts = [self.prompt_ids(q) for q in questions]
-        layout = FusionLayout.build(prompts)
-        mask = self.model.fusion_mask(layout, self.device, self.dtype)
-        cfg = self.model.config
-        buffer = TokenBuffer(capacity, self.model.tokens_per_frame, cfg.hidden_size, self.device, self.dtype)
+        hidden = text_config(self.shape).hidden_size
+        buffer = TokenBuffer(capacity, self.model.tokens_per_frame, hidden, self.device, self.dtype)
         ranges = list(dict.fromkeys((q.start, q.end) for q in queries))
-        sums = {r: torch.zeros(len(layout.text_ids), cfg.hidden_size, device=self.device) for r in ranges}
+        prompts = [self.prompt_ids(q) for q in questions]
+        encoded = Encoded(buffer, None, questions, prompts, {}, ranges)
+        self.frames.start(encoded, self.device, self.dtype)
         for batch in self._timed(batches):
             first = buffer.count
-            for frame_tokens, text in self._fused(batch.frames, layout, mask):
+            for frame_tokens, text in self._encoded(batch.frames, encoded):
                 buffer.write(frame_tokens)
-                self._accumulate(sums, text, first, buffer.count)
+                self.frames.accumulate(encoded, text, first, buffer.count)
                 first = buffer.count
             if on_batch:
                 on_batch(batch)
-        return Encoded(buffer, layout, questions, prompts, sums)
+        return encoded
 
     def _timed(self, batches: Iterable[FrameBatch]):
         """The batches, with the wait for each recorded as the "decode" stage (decoding runs ahead in a thread:
@@ -144,18 +254,14 @@ class Engine:
                 return
             yield batch
 
-    def _fused(self, frames, layout, mask):
-        """(frame tokens [b, C², H], text [b, S_text, H]) for the batch, in pieces small enough to fit."""
-        pixels = torch.from_numpy(frames).to(self.device)  # [B, 336, 336, 3] uint8: 4x less to move than floats
+    def _encoded(self, frames, encoded: Encoded):
+        """(frame tokens [b, K, H], text [b, S_text, H] or None) for the batch, in pieces small enough to fit."""
+        pixels = torch.from_numpy(frames).to(self.device)  # [B, S, S, 3] uint8: 4x less to move than floats
         lo = 0
         while lo < len(pixels):
             size = min(self.batch_size, len(pixels) - lo)
             try:
-                with self.recorder.stage("vision encode"):
-                    pv = normalize(pixels[lo : lo + size], self.table)  # [b, 3, 336, 336] fp32
-                    vision, compressed = self.model.encode_frames(pv)
-                with self.recorder.stage("pre-fusion"):
-                    result = self.model.fuse(vision, compressed, layout, mask)
+                result = self.frames.encode(pixels[lo : lo + size], self.table, encoded, self.recorder)
             except torch.OutOfMemoryError:
                 self._back_off("vision batch")
                 continue
@@ -168,13 +274,6 @@ class Engine:
         if self.batch_size == 1:
             raise DeviceOutOfMemory(f"out of device memory with a {what} of 1 frame; try --quantize 8bit or a smaller --dtype")
         self.batch_size = max(1, self.batch_size // 2)
-
-    @staticmethod
-    def _accumulate(sums, text: torch.Tensor, first: int, end: int) -> None:
-        for (start, stop), total in sums.items():
-            lo, hi = max(start, first), min(end if stop is None else stop, end)
-            if hi > lo:
-                total += text[lo - first : hi - first].float().sum(0)
 
     # ---- answers --------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -191,27 +290,25 @@ class Engine:
         return answers
 
     def _answer_range(self, encoded: Encoded, queries, key, members, on_token):
+        """[prefix | frames | after the frames | suffix] per question; the first three once when every question's
+        prefix is the same, each question then continuing from the rewound cache."""
         start, end = queries[members[0]].frame_range(encoded.frames)
         count = max(1, end - start)
-        mean = encoded.text_sums[key] / count  # [S_text, H] fp32: the frames' average, as the reference
-        frames = encoded.buffer.frames(start, end)
-        embeds = []
-        for i in members:
-            index = encoded.questions.index(queries[i].question)
-            prompt = self.model.fused_prompt(encoded.layout, index, mean)  # [L, H]
-            at = encoded.prompts[index].index(IMAGE_TOKEN_INDEX)
-            embeds.append((prompt[:at], prompt[at + 1 :]))
+        frames = encoded.buffer.frames(start, end)  # [(end-start)*K, H]: a view of the buffer, never copied
+        after = self.frames.after_frames().to(frames.dtype)  # [n, H]: OneVision's newline; nothing for the others
+        embeds = [self.frames.pieces(encoded, key, count, encoded.questions.index(queries[i].question))
+                  for i in members]
         shared = embeds[0][0]
         same_prefix = all(torch.equal(p, shared) for p, _ in embeds)
         pick = make_sampler(self.options.temperature, self.options.top_p, self.options.seed) \
             if self.options.do_sample else greedy
         max_new, eos = self.options.max_new_tokens, self.model.eos_ids()
-        shared_len = len(shared) + len(frames)
+        shared_len = len(shared) + len(frames) + len(after)
         longest = max(len(s) for _, s in embeds)
         cache = new_cache(self.model, shared_len + longest + max_new)
         if same_prefix:
             with self.recorder.stage("LLM prefill"):
-                self._prefill([shared, frames], cache, 0)
+                self._prefill([shared, frames, after], cache, 0)
         for i, (prefix, suffix) in zip(members, embeds):
             with self.recorder.stage("LLM prefill"):
                 if same_prefix:
@@ -219,7 +316,7 @@ class Engine:
                     logits = self._prefill([suffix], cache, shared_len)
                 else:
                     cache.rewind(0)
-                    logits = self._prefill([prefix, frames, suffix], cache, 0)
+                    logits = self._prefill([prefix, frames, after, suffix], cache, 0)
             with self.recorder.stage("answer decode"):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
                 tokens = decode(self.model, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)

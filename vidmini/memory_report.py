@@ -14,7 +14,9 @@ from vidmini.memory import GIB, MB, Recorder, rss_bytes
 
 
 def weights_by_component(model) -> dict[str, dict]:
-    parts = {
+    """Bytes and dtypes per part; the LLM is everything not in a part. Other models name their parts
+    (`weight_parts`, vidmini.backends)."""
+    parts = model.weight_parts() if hasattr(model, "weight_parts") else {
         "vision_tower": model.model.vision_tower,
         "compressor": model.model.compressor,
         "projector": model.model.mm_projector,
@@ -52,7 +54,7 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
         for name, s in recorder.stages.items()
     }
     peak_device = max((s.device_allocated_peak for s in recorder.stages.values()), default=0) if recorder.cuda else None
-    working = engine.batch_size * capacity.working_bytes_per_frame(model.config, engine.dtype)
+    working = engine.batch_size * capacity.working_bytes_per_frame(engine.shape, engine.dtype)
     fixed = (peak_device - slope * frames) if peak_device else weight_bytes + working
     report = {
         "device": str(engine.device),
@@ -64,6 +66,7 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
                  if recorder.cuda else None},
         "weights": {**weights, "total_bytes": weight_bytes},
         "token_buffer": {"bytes": buffer.data.numel() * buffer.data.element_size(), "capacity_frames": buffer.capacity,
+                         "tokens_per_frame": buffer.tokens_per_frame,
                          "frames": frames, "bytes_per_frame": buffer.bytes_per_frame,
                          "dtype": str(buffer.data.dtype).replace("torch.", "")},
         "kv_cache": {"bytes_per_token": kv_per_token, "bytes_per_frame": kv_per_frame,
@@ -71,7 +74,7 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
                      "measured": engine.measured_kv_bytes_per_token is not None},
         "slope_bytes_per_frame": slope,
         "fixed_bytes": int(fixed),
-        "projection": capacity.projection(fixed, slope, model.config),
+        "projection": capacity.projection(fixed, slope, engine.shape),
     }
     return report
 
@@ -180,6 +183,13 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     from vidmini.sources import is_image, plan_video
 
     path = locate_checkpoint(model_id, weights=False)
+    from vidmini.backends.hf_video import FAMILIES
+    from vidmini.errors import UsageError
+    from vidmini.model.loading import model_type
+
+    if model_type(path) in FAMILIES:
+        raise UsageError(f"--dry-run plans LLaVA-Mini checkpoints only; {model_id} is {model_type(path)} "
+                         "(run it with --profile-memory instead)")
     config = prepare_config(path, LlavaMiniConfig.from_pretrained(path), {})
     prompt_tokens = _prompt_tokens(path, questions)
     device = pick_device(device)

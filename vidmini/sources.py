@@ -13,6 +13,7 @@ from vidmini.cache import FrameCache
 from vidmini.capacity import Capacity
 from vidmini.video import DecodeReport, FrameBatch, FrameStream, SamplingPlan, StreamOptions, VideoError, VideoInfo
 from vidmini.video import make_plan, probe
+from vidmini.video.frames import FrameGeometry, model_frame
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -61,7 +62,9 @@ def check_input(path: str) -> None:
         raise VideoError(f"{path}: not a readable image ({err})")
 
 
-def open_image(path: str, config) -> Source:
+def open_image(path: str, config=None, geometry: FrameGeometry | None = None) -> Source:
+    """An image as a one-frame source: LLaVA-Mini's way (config: pad or crop as the reference) or, for the other
+    models, as one frame of a video (`geometry`)."""
     from PIL import Image, UnidentifiedImageError
 
     from vidmini.model.preprocess import process_image
@@ -71,7 +74,10 @@ def open_image(path: str, config) -> Source:
     try:
         with Image.open(path) as image:
             frames = getattr(image, "n_frames", 1)
-            pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
+            if geometry is not None:
+                pixels = model_frame(np.asarray(image.convert("RGB")), 0, geometry)
+            else:
+                pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
     except (UnidentifiedImageError, OSError) as err:
         raise VideoError(f"{path}: not a readable image ({err})")
     notes = [f"{path} is an animated image of {frames} frames: the model sees its first frame only "
@@ -112,7 +118,7 @@ def open_video(path: str, sampling: Sampling, capacity: Capacity, stream: Stream
         plan = make_plan(info, "time", planned.fps, limit, sampling.start, sampling.end)
         notes.append(f"{wanted} frames at {planned.fps:g} fps do not fit ({why}); using {len(plan)} frames spread "
                      f"over the whole video (one every {info.duration_s / len(plan):.2f} s)")
-    cache = FrameCache(path, plan.key()) if use_cache else None
+    cache = FrameCache(path, plan.key(), geometry=stream.geometry) if use_cache else None
     if cache is not None and cache.exists():
         return Source(path, "video", cache.meta()["count"], info.duration_s, lambda: cache.batches(stream.batch_size),
                       cache.report(), notes, from_cache=True, decoder="cache", times_s=plan.times_s, cache=cache)

@@ -271,7 +271,7 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
         sampling = Sampling("time", options.fps, options.max_frames)
         prompt_tokens = max(len(engine.prompt_ids(q)) for q in [SUMMARY_PROMPT, CHAPTER_PROMPT, *options.questions])
         source = open_video(path, sampling, engine.frame_capacity(prompt_tokens),
-                            StreamOptions(decoder=options.decoder, batch_size=engine.batch_size), use_cache=False)
+                            StreamOptions(decoder=options.decoder, batch_size=engine.batch_size, geometry=engine.geometry), use_cache=False)
         chapters = chapter_ranges(source.times_s, source.duration_s, options.chapter_minutes)
         queries = [Query(SUMMARY_PROMPT)] + [Query(q) for q in options.questions]
         queries += [Query(CHAPTER_PROMPT, lo, hi) for lo, hi, _, _ in chapters]

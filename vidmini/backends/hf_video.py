@@ -16,17 +16,29 @@ code, and the scores (attention mass) and keys are pooled over the same 2-D cell
 LLaVA-OneVision / LLaVA-Video do (HoliTom, DyToK). So K = native (or more) is exactly the model's own output, and
 smaller K keeps D dominant + C contextual tokens with D:C = 54:10 (the paper's 64-token split).
 Frames are independent and question-independent, so the tokens can be cached per video.
+
+A VideoBackend is a frame model for vidmini.engine (the same streaming engine as LLaVA-Mini): `encode_frames`
+gives [B, K, H] LLM-ready tokens per frame, `video_end` what follows a frame range, `prompt` the model's own chat
+format split around its single `<video>` placeholder, `embed` / `language_forward` / `eos_ids` the LLM side, and
+`geometry` / `image_mean` / `image_std` / `frame_shape` what the decoder, the normalisation and vidmini.capacity
+need, read from the checkpoint's own preprocessor config, chat template and config. `load` builds one from a folder (vidmini.model.loading
+locates it).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from vidmini import capacity
+from vidmini.errors import ModelLoadError, UsageError
 from vidmini.reduce.visionzip import layer_signals, select_and_merge
+from vidmini.video.frames import FrameGeometry
 
 FAMILIES = ("llava_next_video", "llava_onevision")
 
@@ -61,7 +73,8 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 class VideoBackend:
     """Per-frame LLM-ready tokens [T, K, H] from one of the two families, and the model's prompt around them."""
 
-    def __init__(self, model, tokens_per_frame: int | None = None, budget: FrameBudget | None = None):
+    def __init__(self, model, tokens_per_frame: int | None = None, budget: FrameBudget | None = None,
+                 tokenizer=None, preprocessor: dict | None = None):
         family = model.config.model_type
         if family not in FAMILIES:
             raise ValueError(f"unsupported model type {family!r}; supported: {', '.join(FAMILIES)}")
@@ -75,10 +88,46 @@ class VideoBackend:
         if budget is None and tokens_per_frame is not None and tokens_per_frame < self.native_tokens_per_frame:
             budget = FrameBudget.split(tokens_per_frame)
         self.budget = budget  # None: the model's own tokens
+        self.tokenizer = tokenizer  # with the checkpoint's chat template
+        self.config = model.config  # the whole config: transformers' StaticCache reads its text config from it
+        if preprocessor is not None:
+            self.geometry, self.image_mean, self.image_std = frame_geometry(preprocessor)
 
     @property
     def tokens_per_frame(self) -> int:
         return self.native_tokens_per_frame if self.budget is None else self.budget.dominant + self.budget.contextual
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def frame_shape(self) -> capacity.FrameShape:
+        """What a frame costs (vidmini.capacity): K tokens of the LLM; the vision tower over all its patches."""
+        vc = self.model.config.vision_config
+        patches = (vc.image_size // vc.patch_size) ** 2 + (self.family == "llava_next_video")  # + CLIP's CLS
+        vision = {"hidden_size": vc.hidden_size, "intermediate_size": vc.intermediate_size}
+        return capacity.FrameShape(self.model.config.get_text_config(), self.tokens_per_frame, vision, patches)
+
+    def weight_parts(self) -> dict:
+        """Modules whose weights --profile-memory reports apart from the LLM's."""
+        return {"vision_tower": self.core.vision_tower, "projector": self.core.multi_modal_projector}
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def eos_ids(self) -> set[int]:
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.model.config.get_text_config().eos_token_id
+        return set([eos] if isinstance(eos, int) else (eos or []))
 
     def video_end(self) -> torch.Tensor:
         """Tokens after the last frame of a video: [1, H] (OneVision's newline) or [0, H]."""
@@ -88,6 +137,7 @@ class VideoBackend:
     @torch.no_grad()
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [T, 3, S, S] (the model's video processor output for T frames) -> [T, K, H]."""
+        pixel_values = pixel_values.to(self.core.vision_tower.dtype)
         if self.budget is None:
             return self._native(pixel_values)
         if self.family == "llava_next_video":
@@ -132,6 +182,10 @@ class VideoBackend:
         return self.budget.dominant, self.budget.contextual
 
     # ---- the LLM side ----------------------------------------------------------------------------------------
+    def prompt(self, question: str) -> tuple[list[int], list[int]]:
+        """(prefix ids, suffix ids) around the frames, in the checkpoint's own chat format."""
+        return self.prompt_ids(self.tokenizer, question)
+
     def prompt_ids(self, processor, question: str) -> tuple[list[int], list[int]]:
         """The model's own chat format for one video + question, split around the (single) video placeholder."""
         conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
@@ -151,3 +205,88 @@ class VideoBackend:
     def language_forward(self, **kwargs):
         """The LLM alone (inputs_embeds, position_ids, cache, logits_to_keep): no pixels, so no placeholder check."""
         return self.model(**kwargs)
+
+
+def frame_geometry(config: dict) -> tuple[FrameGeometry, list[float], list[float]]:
+    """(geometry, mean, std) from the checkpoint's (video) preprocessor config: a shortest-edge resize + centre crop
+    (NeXT-Video, CLIP's steps) or a squash to height x width (OneVision). Read as a file, not through the processor
+    classes (which need torchvision): vidmini decodes and normalises frames itself. It resizes nearest-neighbour
+    where the processor uses bicubic, so the frames differ by resampling only."""
+    size, crop = dict(config.get("size") or {}), dict(config.get("crop_size") or {})
+    if config.get("do_center_crop") and crop:
+        if crop["height"] != crop["width"] or "shortest_edge" not in size:
+            raise ModelLoadError(f"unsupported video preprocessor geometry: size {size}, crop {crop}")
+        geometry = FrameGeometry(crop["height"], crop["height"] / size["shortest_edge"])
+    elif "height" in size and size["height"] == size["width"]:
+        geometry = FrameGeometry(size["height"])
+    elif "shortest_edge" in size:  # no crop: the square input the tower takes at that size
+        geometry = FrameGeometry(size["shortest_edge"])
+    else:
+        raise ModelLoadError(f"unsupported video preprocessor geometry: size {size}")
+    scale = config.get("rescale_factor", 1 / 255)
+    if abs(scale - 1 / 255) > 1e-9 or not config.get("do_normalize", True):
+        raise ModelLoadError(f"unsupported video preprocessor: rescale {scale}, normalize {config.get('do_normalize')}")
+    return geometry, list(config["image_mean"]), list(config["image_std"])
+
+
+PREPROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json")
+
+
+def read_preprocessor(path: str) -> dict:
+    """The video preprocessor's settings (the image preprocessor's when the checkpoint has no video one)."""
+    for name in PREPROCESSOR_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            with open(file) as f:
+                return json.load(f)
+    raise ModelLoadError(f"{path} has no {' or '.join(PREPROCESSOR_FILES)}: the frame size and normalisation "
+                         "come from it")
+
+
+def read_chat_template(path: str) -> str | None:
+    """The processor's chat template (the model's prompt format), where transformers saves it."""
+    for name in TEMPLATE_FILES:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        with open(file) as f:
+            if name.endswith(".jinja"):
+                return f.read()
+            template = json.load(f).get("chat_template")
+        if template:
+            return template
+    return None
+
+
+def model_class(family: str):
+    from transformers import LlavaNextVideoForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+
+    return {"llava_next_video": LlavaNextVideoForConditionalGeneration,
+            "llava_onevision": LlavaOnevisionForConditionalGeneration}[family]
+
+
+def load(path: str, family: str, name: str, device: str, dtype, tokens_per_frame: int | None = None):
+    """(VideoBackend, tokenizer) from a local checkpoint folder, with the model's own transformers class, its
+    tokenizer and chat template, and its preprocessor's geometry. Errors are one line (ModelLoadError, exit 4)."""
+    from transformers import AutoTokenizer
+
+    preprocessor = read_preprocessor(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"model {name} has no usable tokenizer files ({str(err).splitlines()[0]})")
+    template = read_chat_template(path) or tokenizer.chat_template
+    if not template:
+        raise ModelLoadError(f"model {name} has no chat template (chat_template.jinja or chat_template.json)")
+    tokenizer.chat_template = template
+    try:
+        model = model_class(family).from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"model {name} could not be loaded: {str(err).splitlines()[0]}")
+    model.to(device).eval()
+    backend = VideoBackend(model, tokens_per_frame, tokenizer=tokenizer, preprocessor=preprocessor)
+    if tokens_per_frame is not None and tokens_per_frame > backend.native_tokens_per_frame:
+        raise UsageError(f"--tokens-per-frame {tokens_per_frame}: {name} has {backend.native_tokens_per_frame} "
+                         "tokens per frame; give at most that many")
+    return backend, tokenizer

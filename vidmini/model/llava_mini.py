@@ -124,19 +124,30 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         return self.model.mm_projector(vision), self.model.mm_projector(compressed)
 
     # ---- pre-fusion ---------------------------------------------------------------------------------------
-    def fusion_mask(self, layout: FusionLayout, device, dtype) -> torch.Tensor:
-        return additive_mask(layout.attention_allowed(self.vision_prefix_len).to(device), dtype)
+    def fusion_mask(self, layout: FusionLayout, device, dtype, prefix_len: int | None = None) -> torch.Tensor:
+        """prefix_len: vision + compressed tokens in the sequence (fewer with VisionZip before pre-fusion)."""
+        prefix_len = self.vision_prefix_len if prefix_len is None else prefix_len
+        return additive_mask(layout.attention_allowed(prefix_len).to(device), dtype)
 
     def fuse(
-        self, vision: torch.Tensor, compressed: torch.Tensor, layout: FusionLayout, mask: torch.Tensor | None = None
+        self, vision: torch.Tensor, compressed: torch.Tensor, layout: FusionLayout, mask: torch.Tensor | None = None,
+        vision_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """vision [B, Nv, H], compressed [B, C*C, H] -> (frame tokens [B, C*C, H], packed text outputs [B, S_text, H])."""
+        """vision [B, Nv, H], compressed [B, C*C, H] -> (frame tokens [B, C*C, H], packed text outputs [B, S_text, H]).
+
+        vision_positions [B, Nv]: positions of the vision tokens when they are a VisionZip subset (ascending raster
+        indices); the compressed and text tokens then keep the positions of the exact path."""
         B, prefix = vision.shape[0], vision.shape[1] + compressed.shape[1]
         text = self.model.embed_tokens(layout.text_ids.to(vision.device))  # [S_text, H]
         x = torch.cat([vision, compressed, text.unsqueeze(0).expand(B, -1, -1)], dim=1)  # [B, S, H]
         if mask is None:
-            mask = self.fusion_mask(layout, x.device, x.dtype)
-        out = run_prefusion(self.model.prefusion_layers, self.model.rotary_emb, x, layout.positions(prefix), mask)
+            mask = self.fusion_mask(layout, x.device, x.dtype, prefix)
+        positions = layout.positions(prefix)  # [S]
+        if vision_positions is not None:
+            full = self.vision_prefix_len
+            after = layout.positions(full)[full - compressed.shape[1] :].to(x.device)  # [C*C + S_text]
+            positions = torch.cat([vision_positions, after.expand(B, -1)], dim=1)  # [B, S]
+        out = run_prefusion(self.model.prefusion_layers, self.model.rotary_emb, x, positions, mask)
         return out[:, vision.shape[1] : prefix], out[:, prefix:]
 
     def fused_prompt(self, layout: FusionLayout, index: int, text_mean: torch.Tensor) -> torch.Tensor:

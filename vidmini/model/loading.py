@@ -1,11 +1,12 @@
-"""Loading a LLaVA-Mini checkpoint from a Hub id or a folder, as it is (docs/llava-mini.md §4)."""
+"""Loading a checkpoint from a Hub id or a folder, as it is: LLaVA-Mini (docs/llava-mini.md §4), or one of the
+video VLMs transformers ships (vidmini.backends.hf_video), chosen by the config's `model_type`."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from vidmini.errors import ModelLoadError
+from vidmini.errors import ModelLoadError, UsageError
 
 DEFAULT_MODEL = "ICTNLP/llava-mini-llama-3.1-8b"
 
@@ -17,6 +18,7 @@ class LoadOptions:
     dtype: str = "auto"
     quantize: str = "none"
     vision_fp32: bool = False
+    tokens_per_frame: int | None = None  # other video VLMs: K tokens per frame by VisionZip (None = native)
 
 
 def pick_device(device: str) -> str:
@@ -47,7 +49,7 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     weights=False fetches the configs and tokenizer only (for plans that load nothing)."""
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
-            raise ModelLoadError(f"model folder {model_id} has no config.json; is it a LLaVA-Mini checkpoint?")
+            raise ModelLoadError(f"model folder {model_id} has no config.json; is it a model checkpoint?")
         return model_id
     if os.path.sep in model_id.strip("/").replace("/", "", 1) or model_id.startswith((".", "/")):
         raise ModelLoadError(f"model path {model_id} does not exist")
@@ -95,12 +97,25 @@ def quantization_config(quantize: str, dtype):
     raise ModelLoadError(f"unknown --quantize {quantize!r}; use none, 8bit or 4bit")
 
 
+def model_type(path: str) -> str:
+    """The checkpoint's `model_type` (config.json), which picks the classes that load it."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return str(json.load(f).get("model_type", ""))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}/config.json cannot be read: {err}")
+
+
 def load_model(options: LoadOptions):
-    """(model, tokenizer) ready for inference on the chosen device."""
+    """(model, tokenizer) ready for inference on the chosen device: a LlavaMiniForCausalLM, or a
+    vidmini.backends.hf_video.VideoBackend for the other video VLMs."""
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from vidmini.backends.hf_video import FAMILIES
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; our own progress is on stderr
@@ -109,6 +124,12 @@ def load_model(options: LoadOptions):
     path = locate_checkpoint(options.model)
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
+    family = model_type(path)
+    if family in FAMILIES:
+        return _load_video_vlm(options, path, family, device, dtype)
+    if options.tokens_per_frame is not None:
+        raise UsageError("--tokens-per-frame is for the other video VLMs (llava_next_video, llava_onevision); "
+                         "LLaVA-Mini keeps one token per frame (see --prefusion-tokens)")
     quant = quantization_config(options.quantize, dtype)
     try:
         extra = {"quantization_config": quant, "device_map": {"": device}} if quant else {}
@@ -126,3 +147,12 @@ def load_model(options: LoadOptions):
     except (OSError, ValueError):
         raise ModelLoadError(f"model {options.model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     return model, tokenizer
+
+
+def _load_video_vlm(options: LoadOptions, path: str, family: str, device: str, dtype):
+    from vidmini.backends.hf_video import load
+
+    for flag, value in (("--quantize", options.quantize != "none"), ("--vision-fp32", options.vision_fp32)):
+        if value:
+            raise UsageError(f"{flag} is for LLaVA-Mini checkpoints; {options.model} is {family}")
+    return load(path, family, options.model, device, dtype, options.tokens_per_frame)

@@ -89,8 +89,11 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def run_prefusion(layers, rotary, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x [B, S, H] through the pre-fusion decoder layers; no final norm (the reference has none)."""
-    position_ids = positions.to(x.device).unsqueeze(0)  # [1, S]
+    """x [B, S, H] through the pre-fusion decoder layers; no final norm (the reference has none).
+    positions [S] (shared by the batch) or [B, S]."""
+    position_ids = positions.to(x.device)
+    if position_ids.dim() == 1:
+        position_ids = position_ids.unsqueeze(0)  # [1, S]
     cos_sin = rotary(x, position_ids)
     for layer in layers:
         x = layer(x, attention_mask=mask, position_ids=position_ids, position_embeddings=cos_sin)

@@ -64,6 +64,14 @@ class Budget:
         return self.dominant + self.contextual
 
 
+def split_budget(tokens: int, dominant_share: float = 54 / 64) -> tuple[int, int]:
+    """K tokens -> (D, C) at the paper's ratio (54:10 at K = 64); at least one dominant token."""
+    if tokens < 1:
+        raise ValueError(f"a budget of tokens must be >= 1 (got {tokens})")
+    d = min(tokens, max(1, round(tokens * dominant_share)))
+    return d, tokens - d
+
+
 def plan_budget(num_tokens: int, dominant: int, contextual: int, has_cls: bool) -> Budget:
     """The budget actually used on an encoder of `num_tokens` tokens (see the module docstring)."""
     if dominant < 0 or contextual < 0:

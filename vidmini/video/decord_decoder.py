@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vidmini.video.frames import model_frame
+from vidmini.video.frames import FrameGeometry, model_frame
 from vidmini.video.plan import SamplingPlan
 from vidmini.video.probe import VideoInfo
 
@@ -55,6 +55,7 @@ class Job:
     width: int  # display size the probe saw: decord must read the same stream
     height: int
     frames: int | None  # frame count in the header, when there is one
+    geometry: FrameGeometry = FrameGeometry()  # the model's frame size and crop
 
 
 def frame_indices(timestamps: np.ndarray, job: Job, count: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def check_agrees(job: Job, count: int, shape: tuple) -> None:
 
 
 def _decode(job: Job, out: mp.Queue) -> None:
-    """Child body: ("frames", first position, [n, 336, 336, 3]) chunks, then ("done",) or ("error", message)."""
+    """Child body: ("frames", first position, [n, S, S, 3]) chunks, then ("done",) or ("error", message)."""
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -96,7 +97,7 @@ def _decode(job: Job, out: mp.Queue) -> None:
                 picture = reader.get_batch([index]).asnumpy()[0]  # [H, W, 3], rotation applied
                 if previous == -1:
                     check_agrees(job, count, picture.shape)
-                frame, previous = model_frame(picture, 0), index
+                frame, previous = model_frame(picture, 0, job.geometry), index
             pending.append(frame)
             if len(pending) == CHUNK:
                 out.put(("frames", first, np.stack(pending)))
@@ -115,8 +116,8 @@ def _worker(job: Job, out: mp.Queue) -> None:
 
 
 class DecordDecoder:
-    def __init__(self, stall_timeout_s: float = 30.0):
-        self.stall_timeout_s = stall_timeout_s
+    def __init__(self, stall_timeout_s: float = 30.0, geometry: FrameGeometry = FrameGeometry()):
+        self.stall_timeout_s, self.geometry = stall_timeout_s, geometry
 
     def frames(self, info: VideoInfo, plan: SamplingPlan,
                should_stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, np.ndarray, float]]:
@@ -124,7 +125,8 @@ class DecordDecoder:
         if not available():
             raise DecoderFailed("decord is not installed")
         wanted = plan.times_s if plan.mode == "time" else plan.indices
-        job = Job(info.path, plan.mode, np.asarray(wanted), info.display_width, info.display_height, info.frames)
+        job = Job(info.path, plan.mode, np.asarray(wanted), info.display_width, info.display_height, info.frames,
+                  self.geometry)
         ctx = mp.get_context("spawn")  # no fork: the parent may hold torch's thread pools
         out = ctx.Queue(maxsize=4)  # bounded: the child decodes at most a few chunks ahead
         child = ctx.Process(target=_worker, args=(job, out), daemon=True)

@@ -1,4 +1,9 @@
-"""What decoders hand on: model-ready frames (336x336 RGB uint8, display rotation applied) and what went wrong."""
+"""What decoders hand on: model-ready frames (SxS RGB uint8, display rotation applied) and what went wrong.
+
+S and the way a frame becomes a square are the model's (FrameGeometry): LLaVA-Mini squashes to 336x336 as its
+reference does; LLaVA-NeXT-Video's processor resizes the shortest edge and crops the centre; LLaVA-OneVision's
+squashes to 384x384. All of it is nearest-neighbour on the CPU, before the frames go to the device as uint8.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,26 @@ import numpy as np
 SIZE = 336
 
 
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How a decoded picture becomes a model frame: an SxS square, squashed (crop None) or the centre square of
+    side `crop` x the shortest edge (a shortest-edge resize then a centre crop, as CLIP's processor does)."""
+
+    size: int = SIZE
+    crop: float | None = None  # crop size / shortest-edge size of the processor; None = squash
+
+    def key(self) -> str:
+        """Part of the frame cache's key: frames of another geometry are other frames."""
+        return str(self.size) if self.crop is None else f"{self.size}c{self.crop:g}"
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.size * self.size * 3
+
+
 @dataclass
 class FrameBatch:
-    frames: np.ndarray  # [B, 336, 336, 3] uint8
+    frames: np.ndarray  # [B, S, S, 3] uint8
     times_s: np.ndarray  # [B] seconds from the start of the video (the sampled time, or the frame's own time)
     positions: np.ndarray  # [B] index into the sampling plan
 
@@ -45,8 +67,19 @@ def squash(frame: np.ndarray, size: int = SIZE) -> np.ndarray:
     return frame[nearest_indices(frame.shape[0], size)][:, nearest_indices(frame.shape[1], size)]
 
 
-def model_frame(rgb: np.ndarray, rotation: int, size: int = SIZE) -> np.ndarray:
-    """[H, W, 3] stored picture -> [size, size, 3] displayed picture, squashed nearest-neighbour as the reference."""
+def centre_square(frame: np.ndarray, fraction: float) -> np.ndarray:
+    """The centred square of side `fraction` x the shortest edge (a view, no copy)."""
+    h, w = frame.shape[:2]
+    side = max(1, min(h, w, round(min(h, w) * fraction)))
+    top, left = (h - side) // 2, (w - side) // 2
+    return frame[top : top + side, left : left + side]
+
+
+def model_frame(rgb: np.ndarray, rotation: int, geometry: FrameGeometry = FrameGeometry()) -> np.ndarray:
+    """[H, W, 3] stored picture -> [S, S, 3] displayed picture, nearest-neighbour (squashed as the reference, or
+    the centre square for processors that crop)."""
     if rotation % 360:
         rgb = np.rot90(rgb, k=(rotation // 90) % 4)  # PyAV's rotation is counter-clockwise degrees
-    return np.ascontiguousarray(squash(rgb, size))
+    if geometry.crop is not None:
+        rgb = centre_square(rgb, geometry.crop)
+    return np.ascontiguousarray(squash(rgb, geometry.size))

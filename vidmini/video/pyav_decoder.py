@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from vidmini.video.frames import DecodeReport, model_frame
+from vidmini.video.frames import DecodeReport, FrameGeometry, model_frame
 from vidmini.video.plan import SamplingPlan
 from vidmini.video.probe import VideoInfo, choose_stream, open_container
 
 NO_SEEK_FORMATS = ("mpegts", "mpeg", "h264", "hevc", "ivf", "mjpeg")
 
-Item = tuple[int, np.ndarray, float]  # (plan position, [336, 336, 3] uint8, seconds from start)
+Item = tuple[int, np.ndarray, float]  # (plan position, [S, S, 3] uint8, seconds from start)
 
 
 def to_rgb(frame) -> np.ndarray:
@@ -69,8 +69,8 @@ def keyframe_gap_s(info: VideoInfo, span_s: float = 10.0) -> float:
 
 
 class PyAVDecoder:
-    def __init__(self, threads: int = 0, allow_seek: bool = True):
-        self.threads = threads
+    def __init__(self, threads: int = 0, allow_seek: bool = True, geometry: FrameGeometry = FrameGeometry()):
+        self.threads, self.geometry = threads, geometry
         self.allow_seek = allow_seek
 
     def frames(self, info: VideoInfo, plan: SamplingPlan, report: DecodeReport, start_at: int = 0,
@@ -114,7 +114,7 @@ class PyAVDecoder:
                     if held is None:  # the sampled time precedes the first frame: show the first frame
                         held, held_t, held_rgb = frame, t, None
                     if held_rgb is None:  # convert once, however many sampled times the frame covers
-                        held_rgb = model_frame(to_rgb(held), rotation)
+                        held_rgb = model_frame(to_rgb(held), rotation, self.geometry)
                     yield i, held_rgb, float(plan.times_s[i])
                     i += 1
                 if frame is not held:
@@ -139,7 +139,7 @@ class PyAVDecoder:
         frame_time = 1.0 / info.fps if info.fps else 0.1
         while i < stop_at and held is not None and targets[i] < held_t + max(frame_time, 1.0 / plan.fps):
             if held_rgb is None:
-                held_rgb = model_frame(to_rgb(held), info.rotation)
+                held_rgb = model_frame(to_rgb(held), info.rotation, self.geometry)
             yield i, held_rgb, float(plan.times_s[i])
             i += 1
         if i < stop_at:
@@ -154,7 +154,7 @@ class PyAVDecoder:
             if i >= stop_at:
                 break
             if wanted[i] == k:
-                rgb = model_frame(to_rgb(frame), info.rotation)
+                rgb = model_frame(to_rgb(frame), info.rotation, self.geometry)
                 t = (frame.time - info.start_s) if frame.time is not None else k / (info.fps or 1)
                 while i < stop_at and wanted[i] == k:  # repeated indices repeat the frame
                     yield i, rgb, float(t)

@@ -22,7 +22,7 @@ import numpy as np
 
 from vidmini.video.decord_decoder import DecordDecoder, DecoderFailed
 from vidmini.video.decord_decoder import available as decord_available
-from vidmini.video.frames import DecodeReport, FrameBatch
+from vidmini.video.frames import DecodeReport, FrameBatch, FrameGeometry
 from vidmini.video.plan import SamplingPlan
 from vidmini.video.probe import VideoError, VideoInfo
 from vidmini.video.pyav_decoder import PyAVDecoder, keyframe_gap_s
@@ -41,6 +41,7 @@ class StreamOptions:
     # give up on it and fall back before the stream as a whole counts a stall.
     decord_stall_s: float = 10.0
     min_parallel_frames: int = 64  # below this, one decoder is as fast as several
+    geometry: FrameGeometry = FrameGeometry()  # the model's frame size and crop
 
 
 # Where decord was measured faster than PyAV (bench/decode.py; see choose_backend). Nowhere else is it used by auto.
@@ -184,7 +185,7 @@ class FrameStream:
         delivered = 0
         if self.backend == "decord":
             try:
-                for item in DecordDecoder(self.options.decord_stall_s).frames(self.info, self.plan,
+                for item in DecordDecoder(self.options.decord_stall_s, self.options.geometry).frames(self.info, self.plan,
                                                                                 should_stop=self._stop.is_set):
                     delivered = item[0] + 1
                     yield item
@@ -200,7 +201,7 @@ class FrameStream:
             yield from self._parallel()
             return
         self.report.decoder = "pyav"
-        yield from PyAVDecoder().frames(self.info, self.plan, self.report, start_at=delivered,
+        yield from PyAVDecoder(geometry=self.options.geometry).frames(self.info, self.plan, self.report, start_at=delivered,
                                         should_stop=self._stop.is_set)
 
     def _parallel(self) -> Iterator[tuple]:
@@ -211,7 +212,7 @@ class FrameStream:
 
         def run(segment, out):
             try:
-                for item in PyAVDecoder(threads=1).frames(self.info, self.plan, self.report, *segment,
+                for item in PyAVDecoder(threads=1, geometry=self.options.geometry).frames(self.info, self.plan, self.report, *segment,
                                                           should_stop=self._stop.is_set):
                     if not _put_unless_stopped(out, item, self._stop):
                         return
@@ -254,8 +255,9 @@ def _get_unless_stopped(q: queue.Queue, stop: threading.Event):
 
 
 def decode_all(info: VideoInfo, plan: SamplingPlan, options: StreamOptions | None = None) -> tuple[np.ndarray, FrameStream]:
-    """Every sampled frame in one array (short videos and tests only). Returns (frames [N, 336, 336, 3], stream)."""
+    """Every sampled frame in one array (short videos and tests only). Returns (frames [N, S, S, 3], stream)."""
     stream = FrameStream(info, plan, options)
     batches = list(stream)
-    frames = np.concatenate([b.frames for b in batches]) if batches else np.zeros((0, 336, 336, 3), np.uint8)
+    size = stream.options.geometry.size
+    frames = np.concatenate([b.frames for b in batches]) if batches else np.zeros((0, size, size, 3), np.uint8)
     return frames, stream
