@@ -57,7 +57,7 @@ def throughput(size: str, frames: int, batch: int, device: str) -> dict:
     def one_at_a_time():  # the reference: a Python loop over frames, each through every stage alone
         total = None
         for t in range(frames):
-            pv = normalize(torch.from_numpy(pixels[t : t + 1]).to(device), engine.table)
+            pv = normalize(torch.from_numpy(pixels[t : t + 1]).to(device), engine.stats)
             vision, compressed = model.encode_frames(pv)
             _, text = model.fuse(vision, compressed, layout)
             total = text.float().sum(0) if total is None else total + text.float().sum(0)

@@ -11,6 +11,10 @@ from typing import NamedTuple
 
 import pytest
 
+# Tiny models gain nothing from intra-op threads and lose a lot to them on a busy machine (measured 10x under load);
+# children started by tests inherit the setting through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VIDMINI_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures"
@@ -40,6 +44,14 @@ def tiny_model(tiny_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_checkpoint), AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+def interruptible() -> None:
+    """preexec_fn for a child that a test interrupts with SIGINT: a shell that starts the test run in the background
+    leaves SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def rss_mb() -> float:

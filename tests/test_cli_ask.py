@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, corpus
+from conftest import REPO, corpus, interruptible
 
 SAMPLE = str(REPO / "sample_videos" / "scenes.mp4")
 
@@ -107,7 +107,7 @@ def test_image_input(tiny_checkpoint, cli, tmp_path):
 def test_ctrl_c_exits_130_and_leaves_no_cache_entry(tiny_checkpoint, env, three_hour_video):
     proc = subprocess.Popen([sys.executable, "-m", "vidmini", "ask", "--model", str(tiny_checkpoint), "--quiet",
                              str(three_hour_video), "What?"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=interruptible)
     cache = env["VIDMINI_CACHE_DIR"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not _writing_frames(cache):

@@ -8,7 +8,7 @@ import torch
 
 from conftest import corpus
 from vidmini.engine import Engine, EngineOptions, Query
-from vidmini.model.preprocess import normalization_table, normalize
+from vidmini.model.preprocess import normalize, pixel_stats
 from vidmini.video import FrameBatch, decode_all, make_plan, probe
 
 
@@ -35,7 +35,7 @@ def reference_answer(model, tok, frames, question, max_new=8):
     """As the reference: all frames' pixels at once, frame-by-frame pre-fusion inside model.generate."""
     engine = Engine(model, tok, EngineOptions(batch_size=1))
     ids = torch.tensor([engine.prompt_ids(question)])
-    pixels = normalize(torch.from_numpy(frames), normalization_table(model.config.image_mean, model.config.image_std))
+    pixels = normalize(torch.from_numpy(frames), pixel_stats(model.config.image_mean, model.config.image_std))
     return model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=max_new)[0].tolist()
 
 
@@ -79,7 +79,7 @@ def test_buffer_is_written_by_index_and_kv_is_measured(tiny_model, frames):
     buffer = encoded.buffer
     pointer = buffer.data.data_ptr()
     assert buffer.count == len(frames) and buffer.data.shape[0] == len(frames) + 3
-    table = normalization_table(model.config.image_mean, model.config.image_std)
+    table = pixel_stats(model.config.image_mean, model.config.image_std)
     with torch.no_grad():
         for i in (0, 6, 7, len(frames) - 1):  # first, last of a decode batch, first of the next, last
             vision, compressed = model.encode_frames(normalize(torch.from_numpy(frames[i : i + 1]), table))

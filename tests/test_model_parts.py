@@ -165,3 +165,16 @@ def test_hd_mode_stitches_sub_images():
         assert model.vision_prefix_len == 5 * 576 + 1
         out = model(input_ids=torch.tensor([[395, 7, -200, 9]]), pixel_values=pv).logits
     assert out.shape == (1, 4, model.config.vocab_size)
+
+
+@pytest.mark.parametrize("mean,std", [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                                      ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_normalize_is_bit_exact_with_the_reference_table_for_every_value(mean, std):
+    """normalize computes in float32; the reference divides in float64 and rounds. Every uint8 value of every
+    channel (all that can occur) gives the same float32."""
+    from vidmini.model.preprocess import normalization_table, normalize, pixel_stats
+
+    every = torch.arange(256, dtype=torch.uint8).view(1, 16, 16, 1).expand(1, 16, 16, 3)  # [1, 16, 16, 3]
+    got = normalize(every, pixel_stats(mean, std))  # [1, 3, 16, 16]
+    table = normalization_table(mean, std)  # [3, 256]
+    assert torch.equal(got.reshape(3, 256), table)

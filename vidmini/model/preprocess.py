@@ -9,19 +9,28 @@ from vidmini.video.frames import SIZE
 
 
 def normalization_table(mean, std) -> torch.Tensor:
-    """[3, 256] float32 lookup: value v of channel c -> (float32(v/255 in float64) - mean_c) / std_c, in float32,
-    which is bit-exactly what the reference's processor computes."""
+    """[3, 256] float32: value v of channel c -> (float32(v/255 in float64) - mean_c) / std_c, in float32, which is
+    bit-exactly what the reference's processor computes. The definition `normalize` is tested against."""
     values = (np.arange(256, dtype=np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(mean, dtype=np.float32)[:, None]
     std = np.asarray(std, dtype=np.float32)[:, None]
     return torch.from_numpy((values[None, :] - mean) / std)
 
 
-def normalize(frames: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """uint8 frames [B, S, S, 3] -> float pixel values [B, 3, S, S] (on the frames' device)."""
-    table = table.to(frames.device)
-    chw = frames.permute(0, 3, 1, 2).long()  # [B, 3, S, S]
-    return torch.stack([table[c][chw[:, c]] for c in range(3)], dim=1)
+def pixel_stats(mean, std) -> torch.Tensor:
+    """[2, 3] float32: the processor's mean and std per channel, what `normalize` takes."""
+    return torch.tensor([list(mean), list(std)], dtype=torch.float32)
+
+
+def normalize(frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [B, S, S, 3] -> float pixel values [B, 3, S, S] (on the frames' device).
+
+    float32(v) / 255 is the correctly rounded v/255, the same float32 as the reference's float64 division rounded
+    (checked for all 256 values), so this equals `normalization_table` bit for bit at a third of a lookup's cost:
+    four passes over float32, in place, instead of int64 indices and gathers."""
+    stats = stats.to(frames.device)
+    pixels = frames.permute(0, 3, 1, 2).float()  # [B, 3, S, S], channels-last in memory
+    return pixels.div_(255).sub_(stats[0].view(1, 3, 1, 1)).div_(stats[1].view(1, 3, 1, 1))
 
 
 def process_image(image, aspect: str = "square", mean=None, size: int = SIZE) -> np.ndarray:
