@@ -193,10 +193,18 @@ def _sigterm_kept() -> Iterator[None]:
 
 
 def cluster_plan(ray, device: str, workers: int | None) -> WorkerPlan:
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    node_cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
-    gpus = int(sum(n.get("Resources", {}).get("GPU", 0) for n in nodes))
-    return plan_workers(device, workers, node_cpus, gpus)
+    resources = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [int(r.get("CPU", 0)) for r in resources if r.get("CPU", 0) >= 1]  # a head with 0 CPUs runs none
+    return plan_workers(device, workers, node_cpus, int(sum(r.get("GPU", 0) for r in resources)))
+
+
+def describe_cluster(ray, plan: WorkerPlan) -> str:
+    """What the cluster has and what the workers ask; whether they all fit at once."""
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+    fits = min(cpus // plan.num_cpus, gpus // plan.num_gpus if plan.num_gpus else cpus)
+    room = f" (room for {int(fits)} at a time; the rest wait)" if fits < plan.count else ""
+    return f"Ray: {len(ray.nodes())} node(s), {cpus:g} CPU, {gpus:g} GPU; {plan.describe()}{room}"
 
 
 @dataclass
@@ -267,9 +275,7 @@ def ray_events(settings: RaySettings, load, engine_options, profile_memory: bool
         ray = require_ray()
         with connected(ray, settings.address, bar):
             plan = cluster_plan(ray, load.device, settings.workers)
-            resources = ray.cluster_resources()
-            bar.note(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPU, "
-                     f"{resources.get('GPU', 0):g} GPU; {plan.describe()}")
+            bar.note(describe_cluster(ray, plan))
             remote = ray.remote(SummarizeWorker).options(
                 num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
                 max_restarts=0, max_task_retries=0,  # the driver replaces workers and retries files itself
@@ -340,7 +346,8 @@ def _file_back(ray, pool: _Pool, slot: _Slot, ref, options: SummarizeOptions,
         cause = getattr(err, "cause", None)
         raise (cause if isinstance(cause, BaseException) else err) from None
     except RayError as err:  # the worker (or its node) is gone, and with it this file's work so far
-        yield from _lost(pool, slot, path, f"{slot.name} died while on it: {first_line(err)}", options, bar)
+        reason = f"{slot.name} died while on it: {first_line(err).rstrip('.')}"
+        yield from _lost(pool, slot, path, reason, options, bar)
         return
     yield Finished(record, slot.name)
 
