@@ -142,15 +142,15 @@ def connected(ray, address: str, bar: FolderProgress) -> Iterator[None]:
     """Join a cluster: `auto` is the one RAY_ADDRESS names, else the one `ray start` made on this machine, else a
     new local one (ray.init with no address does exactly that); otherwise ADDRESS. A process already connected
     (a notebook, the tests) keeps its connection and we leave it open."""
-    if ray.is_initialized():
-        yield
-        return
-    started = time.monotonic()
     given = (os.environ.get("RAY_ADDRESS") or None) if address == "auto" else address
     silent = given and _unreachable(given)
     if silent:
         raise UsageError(f"--ray {address}: nothing answers at {given} ({silent}); start the cluster with "
                          "`ray start --head` there, or use --ray auto")
+    if ray.is_initialized():
+        yield
+        return
+    started = time.monotonic()
     with _sigterm_kept():
         try:
             ray.init(address=None if address == "auto" else address, include_dashboard=False,
