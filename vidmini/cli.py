@@ -288,6 +288,11 @@ def summarize(
     force: bool = typer.Option(False, "--force", help="Redo files already in the report."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first file that fails."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated devices, one worker each (e.g. cuda:0,cuda:1)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray", metavar="auto|ADDRESS", help="Run on a Ray cluster: auto joins the one RAY_ADDRESS or `ray start` "
+        "names, else starts a local one; ADDRESS joins that one. Files must be on a filesystem every node shares. "
+        "Needs pip install 'vidmini[ray]'."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="With --ray: how many workers (default: one per GPU of the cluster; on CPUs one per node)."),
     model: str = ModelOpt,
     device: str = DeviceOpt,
     dtype: DtypeChoice = DtypeOpt,
@@ -323,6 +328,12 @@ def summarize(
         count = write_markdown(str(out), str(markdown))
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
+    if ray_address is not None:
+        from vidmini.scale.ray import check_options
+
+        check_options(devices, device)  # Ray missing, --devices or cuda:N: one line, exit 2
+    elif workers is not None:
+        raise errors.UsageError("--workers goes with --ray (--devices starts one worker per device)")
     check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # a typo'd input is one line before any work, not a report holding a "no such file" record
@@ -336,7 +347,13 @@ def summarize(
 
     engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
     with report_lock(out):
-        if devices:
+        if ray_address is not None:
+            from vidmini.scale.ray import RaySettings, run_on_ray
+
+            done, skipped, failed, earlier_failed = run_on_ray(
+                RaySettings(ray_address, workers), LoadOptions(model, device, dtype, quantize), engine_options,
+                profile_memory, [str(p) for p in paths], str(out), options, not quiet)
+        elif devices:
             from vidmini.workers import run_on_devices
 
             loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]

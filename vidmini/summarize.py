@@ -14,6 +14,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,29 +297,66 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
 
 
 # ---- the job -----------------------------------------------------------------------------------------------------
-def run_summarize(engine_factory, paths: list[str], out: str, options: SummarizeOptions,
-                  progress: bool = True) -> tuple[int, int, int, int]:
-    """Process every file not yet in the report. Returns (done now, skipped as already done, failed now,
-    failed in an earlier run among the skipped)."""
+@dataclass(frozen=True)
+class Started:
+    """A worker took a file. `worker` is None for the plain in-process loop (its frame bar shows the file)."""
+
+    path: str
+    worker: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A file's record, complete, ready to be appended to the report."""
+
+    record: dict
+    worker: str | None = None
+
+
+# Where the records come from: given the files to do and the progress display, yields Started and Finished events.
+# The plain loop, `--devices` (vidmini.workers) and `--ray` (vidmini.scale.ray) each have one; run_job is the
+# one writer for all of them.
+EventSource = Callable[[list[str], "FolderProgress"], Iterator["Started | Finished"]]
+
+
+def run_job(paths: list[str], out: str, options: SummarizeOptions, events: EventSource,
+            progress: bool = True) -> tuple[int, int, int, int]:
+    """Plan the work, then append each record as it arrives: this process is the report's only writer, whoever
+    computes the records. Files already in the report are never handed to `events`. Returns (done now, skipped
+    as already done, failed now, failed in an earlier run among the skipped)."""
     report = Report(out)
-    files = find_videos(paths, options.glob, options.recursive)
-    todo, skipped, earlier_failed = plan_work(files, report, options)
+    todo, skipped, earlier_failed = plan_work(find_videos(paths, options.glob, options.recursive), report, options)
     done = failed = 0
     if not todo:
         return 0, skipped, 0, earlier_failed
-    engine = engine_factory()
-    with FolderProgress(todo, enabled=progress) as bar:
-        for path in todo:
-            bar.begin(path)
-            engine.recorder.stages.clear()
-            record = summarize_file(engine, path, options, bar.file_bar)
+    with FolderProgress(todo, enabled=progress) as bar, closing(events(todo, bar)) as stream:
+        # closing(): leaving early (--fail-fast, Ctrl-C, an error) stops the workers before the lock is released
+        for event in stream:
+            if isinstance(event, Started):
+                bar.begin(event.path, event.worker)
+                continue
+            record = event.record
             report.append(record)
             done += 1
             failed += record["error"] is not None
-            bar.end(path, record)
+            bar.end(record["path"], record, event.worker)
             if record["error"] is not None and options.fail_fast:
                 break
     return done, skipped, failed, earlier_failed
+
+
+def run_summarize(engine_factory, paths: list[str], out: str, options: SummarizeOptions,
+                  progress: bool = True) -> tuple[int, int, int, int]:
+    """The plain loop: one engine in this process, file after file. Returns what run_job returns."""
+
+    def in_process(todo: list[str], bar: FolderProgress) -> Iterator[Started | Finished]:
+        engine = engine_factory()  # loaded only when there is work
+        for path in todo:
+            yield Started(path)
+            engine.recorder.stages.clear()
+            yield Finished(summarize_file(engine, path, options, bar.file_bar))
+
+    return run_job(paths, out, options, in_process, progress)
 
 
 def summary_line(out: str, done: int, skipped: int, failed: int, earlier_failed: int) -> str:
@@ -329,7 +368,9 @@ def summary_line(out: str, done: int, skipped: int, failed: int, earlier_failed:
 
 
 class FolderProgress:
-    """Files done/total, hours of video done/total, the current file with its own frame bar, ETA (stderr)."""
+    """Files done/total, hours of video done/total, ETA, and what is being worked on (stderr): in the plain loop
+    the current file with its own frame bar; with workers (--devices, --ray) a row per worker naming its file.
+    In pipes and logs, lines instead: one per file done, and one per file a worker takes."""
 
     def __init__(self, files: list[str], enabled: bool = True):
         from vidmini.ask import Progress
@@ -338,7 +379,9 @@ class FolderProgress:
         self.durations = {f: _quick_duration(f) for f in files}
         self.total_hours = sum(self.durations.values()) / 3600
         self.files = files
+        self.done = 0  # counted, not looked up: workers finish files out of order
         self.task = None
+        self.rows: dict[str, object] = {}  # worker -> its row on a terminal
 
     def __enter__(self):
         self.file_bar.__enter__()
@@ -349,22 +392,47 @@ class FolderProgress:
     def __exit__(self, *exc):
         self.file_bar.__exit__(*exc)
 
-    def begin(self, path: str) -> None:
-        if self.file_bar.task is not None:
-            self.file_bar.bar.remove_task(self.file_bar.task)
-            self.file_bar.task = None
+    def begin(self, path: str, worker: str | None = None) -> None:
+        bar = self.file_bar.bar
+        if worker is None:
+            if self.file_bar.task is not None:
+                bar.remove_task(self.file_bar.task)
+                self.file_bar.task = None
+            return
+        description = f"{worker}: {os.path.basename(path)}"
+        if worker in self.rows:
+            bar.reset(self.rows[worker], total=None, description=description)  # elapsed: time on this file
+        else:
+            self.rows[worker] = bar.add_task(description, total=None, rate="")
+        if self.file_bar.log_lines:
+            self.file_bar.note(f"{worker}: started {path}")
 
-    def end(self, path: str, record: dict) -> None:
+    def end(self, path: str, record: dict, worker: str | None = None) -> None:
         bar = self.file_bar.bar
         bar.advance(self.task, self.durations.get(path, 0) / 3600)
-        done = self.files.index(path) + 1
+        self.done += 1
         hours = self.file_bar.completed(self.task)
-        bar.update(self.task, description=f"files {done}/{len(self.files)}",
+        bar.update(self.task, description=f"files {self.done}/{len(self.files)}",
                    rate=f"{hours:.2f}/{self.total_hours:.2f} h of video")
+        if worker in self.rows:
+            bar.update(self.rows[worker], description=f"{worker}: idle")
+        by = f" ({worker})" if worker else ""
         if record["error"]:
-            self.file_bar.note(record["error"])
+            self.file_bar.note(record["error"] + by)
         elif self.file_bar.log_lines:
-            self.file_bar.note(f"files {done}/{len(self.files)} ({hours:.2f}/{self.total_hours:.2f} h of video): {path}")
+            self.file_bar.note(f"files {self.done}/{len(self.files)} ({hours:.2f}/{self.total_hours:.2f} h of video): "
+                               f"{path}{by}")
+
+    def forget(self, worker: str) -> None:
+        """A worker is gone (it died, or was replaced): its row goes."""
+        row = self.rows.pop(worker, None)
+        if row is not None:
+            self.file_bar.bar.remove_task(row)
+
+    def note(self, message: str, always: bool = False) -> None:
+        """A line on stderr: always (a warning), or only when progress is shown."""
+        if always or self.file_bar.enabled or self.file_bar.log_lines:
+            self.file_bar.note(message)
 
 
 def _quick_duration(path: str) -> float:
@@ -390,7 +458,7 @@ def render_markdown(records: list[dict], source: str = "") -> str:
     hours = sum(r.get("duration_s") or 0 for r in ok) / 3600
     lines = [f"{MARKDOWN_MARKER} {source}; rewritten on every run -->", "# Video summaries", "",
              f"{len(records)} file(s), {len(ok)} summarized, {len(records) - len(ok)} failed; {hours:.2f} h of video.", ""]
-    for r in records:
+    for r in sorted(records, key=lambda r: r["path"]):  # by path: the same page whichever worker finished first
         lines += [f"## {r['path']}", ""]
         if r.get("error"):
             lines += [f"**Error:** {r['error']}", ""]
