@@ -56,6 +56,9 @@ def prepare_config(name_or_path, config, kwargs: dict):
 def finish_loading(model, name_or_path, info: dict) -> None:
     """Fill the vision tower from `mm_vision_tower` when the checkpoint has no tower keys; refuse other gaps."""
     missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
+    from vidmini.demo.checkpoint import fill_llm_weights
+
+    missing = fill_llm_weights(model, missing)  # the demo model's LLM comes from a package, not the checkpoint
     tower_missing = [k for k in missing if k.startswith(TOWER_PREFIX)]
     others = [k for k in missing if not k.startswith(TOWER_PREFIX)]
     if others:
@@ -104,6 +107,10 @@ def pick_dtype(dtype: str, device: str):
 
 def locate_checkpoint(model_id: str) -> str:
     """A local folder holding the checkpoint: the path itself, or the Hub snapshot (downloaded when allowed)."""
+    if model_id == "demo":
+        from vidmini.demo.checkpoint import resolve_demo
+
+        return resolve_demo()
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a LLaVA-Mini checkpoint?")
