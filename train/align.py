@@ -42,7 +42,7 @@ def sample(rng: random.Random, mix: dict[str, float]):
                 qas.setdefault(qa.kind, qa)
         return kind, tl, list(qas.values())[:3]
     if kind == "needle":
-        duration = rng.randint(8, 32)
+        duration = rng.randint(8, 24)
         tl = needle_video(rng, float(duration), rng.uniform(0, duration), rng.uniform(3.0, 6.0),
                           scene_s=(4.0, 30.0))
         return kind, tl, [needle_question(tl, rng)]
@@ -134,12 +134,12 @@ def main(argv=None) -> None:
     parser.add_argument("--vision", default="train/runs/vision/last.pt")
     parser.add_argument("--out", default="train/runs/align")
     parser.add_argument("--export", default="vidmini/demo/weights", help="folder written at every checkpoint")
-    parser.add_argument("--mix", default="still=0.6,needle=0.3,sequence=0.1")
+    parser.add_argument("--mix", default="still=0.75,needle=0.2,sequence=0.05")
     parser.add_argument("--seed", type=int, default=2000)  # training seeds: 1000+; evaluation uses < 1000
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--log-every", type=int, default=5)
-    parser.add_argument("--follow", action="store_true",
-                        help="stage 1 is still training: keep the vision side frozen and reload it from --vision at "
+    parser.add_argument("--follow", default=None, metavar="STAGE1_CKPT",
+                        help="stage 1 is still training: keep the vision side frozen and reload it from this file at "
                              "every checkpoint (both stages then run at once on a shared machine)")
     parser.add_argument("--keep", type=float, default=1.0, help="weight of the keep loss (see PrefixCache)")
     parser.add_argument("--aux", type=float, default=0.3, help="weight of stage 1's per-frame attribute loss")
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
         p.requires_grad_(False)
     for name, p in model.named_parameters():
         if name.startswith(("model.vision_tower.", "model.compressor.", "model.mm_projector.", "model.prefusion_layers.")):
-            p.requires_grad_("pos_embed" not in name)
+            p.requires_grad_("pos_embed" not in name and "patch_embedding" not in name)  # fixed (train/vision.py)
     out = Path(args.out)
     state = load(out / "last.pt")
     step = 0
@@ -182,7 +182,7 @@ def main(argv=None) -> None:
     groups = param_groups(model, args.lr) + [{"params": list(heads.parameters()), "lr": args.lr * 0.2}]
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in opt.param_groups]
-    if state is not None and bool(state.get("followed")) == args.follow:  # else the groups differ: fresh moments
+    if state is not None and bool(state.get("followed")) == bool(args.follow):  # else the groups differ: fresh moments
         opt.load_state_dict(state["opt"])
     model.train()
     table = normalization_table(model.config.image_mean, model.config.image_std)
@@ -225,8 +225,8 @@ def main(argv=None) -> None:
             keeps.clear()
         if step % args.save_every == 0 or step == args.steps:
             save(out / "last.pt", ours=ours(model), heads=heads.state_dict(), opt=opt.state_dict(), step=step,
-                 followed=args.follow)
-            if args.follow and (latest := load(Path(args.vision))):
+                 followed=bool(args.follow))
+            if args.follow and (latest := load(Path(args.follow))):
                 model.load_state_dict({f"model.{k}": v for k, v in latest["model"].items()
                                        if k.startswith(("vision_tower.", "compressor."))}, strict=False)
             if args.export:

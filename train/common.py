@@ -11,8 +11,9 @@ import torch
 
 
 def setup_threads(n: int | None = None) -> None:
-    # The training machine is shared: two threads unless told otherwise.
-    torch.set_num_threads(n or int(os.environ.get("VIDMINI_TRAIN_THREADS", "2")))
+    # The training machine is shared: one thread unless told otherwise. Measured under load (nice 10): a 512x512
+    # matmul ran at 7.2 GFLOP/s on 1 thread and 2.5 on 2 (OpenMP barriers wait on descheduled threads).
+    torch.set_num_threads(n or int(os.environ.get("VIDMINI_TRAIN_THREADS", "1")))
 
 
 def save(path: Path, **state) -> None:

@@ -9,7 +9,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from vidmini.demo.render import draw_background, render
+from vidmini.demo.render import draw_background, render, render_mask
 from vidmini.demo.timeline import Timeline
 from vidmini.demo.video import h264_roundtrip
 from vidmini.demo.world import COLOUR_NAMES, DIGITS, SHAPES, WORDS
@@ -40,9 +40,12 @@ def degrade(frames: np.ndarray, rng: random.Random) -> np.ndarray:
     return frames
 
 
-def render_clip(tl: Timeline, times: list[float], rng: random.Random) -> np.ndarray:
-    """[T, 336, 336, 3] uint8 frames of the timeline at `times`, one random look for the whole clip."""
+def render_clip(tl: Timeline, times: list[float], rng: random.Random, masks: list | None = None) -> np.ndarray:
+    """[T, 336, 336, 3] uint8 frames of the timeline at `times`, one random look for the whole clip. When `masks`
+    is a list, each frame's [336, 336] event mask (render.render_mask, squashed the same way) is appended to it."""
     width, height = frame_size(rng)
+    if masks is not None:
+        masks.extend(squash(render_mask(tl, t, width, height)[..., None])[..., 0] for t in times)
     noise = rng.choice([0.0, 0.0, rng.uniform(2, 14)])
     blur = rng.choice([0.0, 0.0, 0.0, rng.uniform(0.3, 1.5)])
     backgrounds = {}
@@ -76,3 +79,24 @@ def frame_labels(tl: Timeline, t: float) -> dict[str, int]:
         else:
             labels["word"], labels["word_colour"] = 1 + WORDS.index(e.item.value), colour
     return labels
+
+
+# ---- per-patch labels: what is under each patch (dense supervision gets a from-scratch ViT going) -----------
+PATCH_KINDS = ["none"] + [f"shape_{s}" for s in SHAPES] + ["digit", "word"]
+
+
+def patch_labels(tl: Timeline, t: float, mask: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(colour [N], kind [N]) per patch of the [S, S] mask: the event covering most of the patch when it covers
+    at least 8% of it, else 0 (background)."""
+    visible = tl.visible(t)
+    g = mask.shape[0] // patch
+    cells = mask[: g * patch, : g * patch].reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, -1)
+    colour, kind = np.zeros(g * g, np.int64), np.zeros(g * g, np.int64)
+    for n, cell in enumerate(cells):
+        counts = np.bincount(cell, minlength=len(visible) + 1)[1:]
+        if counts.size and counts.max() >= 0.08 * cell.size:
+            e = visible[int(counts.argmax())]
+            colour[n] = 1 + COLOUR_NAMES.index(e.item.colour)
+            name = f"shape_{e.item.value}" if e.item.kind == "shape" else e.item.kind
+            kind[n] = PATCH_KINDS.index(name)
+    return colour, kind

@@ -151,26 +151,33 @@ def first_or_last(tl: Timeline, rng: random.Random, which: str) -> QA | None:
     return QA(q, _label(e), which)
 
 
+def _key(e: Event) -> tuple:
+    """What a question names: a shape by colour and kind, a digit or word by its value alone."""
+    return (e.item.kind, e.item.value, e.item.colour if e.item.kind == "shape" else "")
+
+
 def count(tl: Timeline, rng: random.Random) -> QA | None:
-    counts = Counter(e.item for e in tl.events)
+    counts = Counter(_key(e) for e in tl.events)
     if not counts:
         return None
-    item = rng.choice(sorted(counts, key=str))
-    n = counts[item]
-    if item.kind == "shape":
-        q = f"How many times does a {item.colour} {item.value} appear?"
+    key = rng.choice(sorted(counts))
+    n = counts[key]
+    kind, value, colour = key
+    if kind == "shape":
+        q = f"How many times does a {colour} {value} appear?"
     else:
-        q = f"How many times does the {item.kind} {item.value} appear?"
+        q = f"How many times does the {kind} {value} appear?"
     return QA(q, str(n), "count")
 
 
 def when(tl: Timeline, rng: random.Random) -> QA | None:
-    counts = Counter(e.item for e in tl.events)
-    once = [i for i, n in counts.items() if n == 1]
+    counts = Counter(_key(e) for e in tl.events)
+    once = [k for k, n in counts.items() if n == 1]
     if not once:
         return None
-    item = rng.choice(sorted(once, key=str))
-    event = next(e for e in tl.events if e.item == item)
+    key = rng.choice(sorted(once))
+    event = next(e for e in tl.events if _key(e) == key)
+    item = event.item
     what = f"the {item.colour} {item.value}" if item.kind == "shape" else f"the {item.kind} {item.value}"
     q = f"When does {what} first appear? Answer in m:ss."
     return QA(q, mmss(event.start), "when", tolerance_s=2.0)

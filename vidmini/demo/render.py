@@ -70,7 +70,9 @@ def star_points(cx: float, cy: float, r: float, turn: float) -> list[tuple[float
     return points
 
 
-def draw_event(draw: ImageDraw.ImageDraw, event: Event, t: float, width: int, height: int) -> None:
+def draw_event(draw: ImageDraw.ImageDraw, event: Event, t: float, width: int, height: int,
+               fill: int | None = None) -> None:
+    """The event's item as it looks at time t. `fill` draws it in that one value instead (for label masks)."""
     rng = random.Random(event.font)
     item = event.item
     colour = jitter(COLOURS[item.colour], rng)
@@ -80,6 +82,8 @@ def draw_event(draw: ImageDraw.ImageDraw, event: Event, t: float, width: int, he
     outline = None
     if rng.random() < 0.25:  # a thin outline in a colour far from the fill, as some title cards have
         outline = (0, 0, 0) if sum(colour) > 384 else (255, 255, 255)
+    if fill is not None:
+        colour, outline = fill, (fill if outline is not None else None)
     line = max(1, int(side * 0.012))
     if item.kind == "shape":
         r = event.size * side / 2
@@ -126,3 +130,12 @@ def render(timeline: Timeline, t: float, width: int = 336, height: int = 336, no
         gen = np.random.default_rng(int(t * 1000) + 7)
         pixels = (pixels + gen.normal(0, noise, pixels.shape)).clip(0, 255).astype(np.uint8)
     return pixels
+
+
+def render_mask(timeline: Timeline, t: float, width: int, height: int) -> np.ndarray:
+    """[height, width] uint8: 0 = background, i + 1 = the i-th visible event (later events on top)."""
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    for i, event in enumerate(timeline.visible(t)):
+        draw_event(draw, event, t, width, height, fill=i + 1)
+    return np.asarray(image)

@@ -77,10 +77,16 @@ class Timeline:
 # ---- random construction ------------------------------------------------------------------------------------
 
 def random_rgb(rng: random.Random) -> tuple[int, int, int]:
-    """A background colour: anything from black to white, often muted, sometimes a plain grey."""
-    if rng.random() < 0.3:
-        g = rng.choice([0, 20, 60, 128, 180, 230, 255])
+    """A background colour: mostly muted (greys, dull tints, dark or light), a quarter of the time any colour.
+    Items are drawn in saturated named colours, so on most backgrounds colour alone separates figure from
+    ground; the saturated quarter keeps the model from relying on that."""
+    pick = rng.random()
+    if pick < 0.3:
+        g = rng.choice([0, 20, 60, 90, 128, 160, 200, 230, 255])
         return (g, g, g)
+    if pick < 0.75:
+        base = rng.randint(30, 220)
+        return tuple(max(0, min(255, base + rng.randint(-35, 35))) for _ in range(3))
     return tuple(rng.randint(0, 255) for _ in range(3))
 
 
