@@ -100,9 +100,11 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, seed: in
             cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", "demo", "--json",
                    "--no-cache", "--max-new-tokens", "16"]
             t0 = time.monotonic()
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+            threads = os.environ.get("VIDMINI_BENCH_THREADS", "2")
+            env = {**os.environ, "OMP_NUM_THREADS": threads}  # torch's intra-op threads in the child
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), env=env)
             wall = time.monotonic() - t0
-            row = {"length_s": length, "position": pos, "needle_at_s": round(tl.events[0].start, 1),
+            row = {"threads": int(threads), "length_s": length, "position": pos, "needle_at_s": round(tl.events[0].start, 1),
                    "item": tl.events[0].item.describe(), "question": qa.question, "expected": qa.answer,
                    "exit": proc.returncode, "answer_time_s": round(wall, 1), "video_write_s": round(made, 1)}
             if proc.returncode == 0:
@@ -162,7 +164,15 @@ def main(argv=None) -> None:
     parser.add_argument("--needle-lengths", default="600,3600,10800")
     parser.add_argument("--needle-positions", default="0.1,0.5,0.9")
     parser.add_argument("--out", default=str(ROOT / "bench/results/accuracy"))
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="combine the JSON reports of runs made in parallel (e.g. one per needle length) into OUT")
     args = parser.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        report = {k: v for part in parts for k, v in part.items() if k != "needle"}
+        report["needle"] = [row for part in parts for row in part.get("needle", [])]
+        write_report(report, args.out)
+        return
     import torch
 
     torch.set_num_threads(int(os.environ.get("VIDMINI_BENCH_THREADS", "2")))
@@ -182,9 +192,13 @@ def main(argv=None) -> None:
         lengths = [int(x) for x in args.needle_lengths.split(",") if x]
         positions = [float(x) for x in args.needle_positions.split(",") if x]
         report["needle"] = part_needle(lengths, positions, work) if lengths else []
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(report, indent=1))
-    lines = [f"decode speed: {report['decode_tokens_per_s']} tokens/s; model load in-process {report['load_s']} s"]
+    write_report(report, args.out)
+
+
+def write_report(report: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out + ".json").write_text(json.dumps(report, indent=1))
+    lines = [f"decode speed: {report.get('decode_tokens_per_s')} tokens/s; model load in-process {report.get('load_s')} s"]
     if "questions" in report:
         lines.append("question type        right/asked  accuracy")
         for k, v in report["questions"]["by_type"].items():
@@ -196,8 +210,8 @@ def main(argv=None) -> None:
         for r in report["needle"]:
             lines.append(f"{r['length_s']:>13d}  {r['position']:8.0%}  {r.get('frames_used', '-')!s:>6}  "
                          f"{str(r['right']):5s}  {r['answer_time_s']:8.1f}  {r.get('answer')!r} (expected {r['expected']})")
-        heat_map(report["needle"], args.out + ".png")
-    Path(args.out + ".txt").write_text("\n".join(lines) + "\n")
+        heat_map(report["needle"], out + ".png")
+    Path(out + ".txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -83,7 +83,21 @@ class PrefixCache:
         return cache
 
 
-def clip_loss(model, tokenizer, frames: np.ndarray, qas, table, prefix: PrefixCache
+def word_targets(model, tokenizer, tl, times: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame, the mean LLM embedding of the words that name what is on screen ("blue", "circle", "7",
+    "HOUSE"), and which frames show anything: [T, H], [T] bool."""
+    embed = model.model.embed_tokens
+    out, shown = [], []
+    for t in times:
+        ids = []
+        for e in tl.visible(t):
+            ids += tokenizer(e.item.colour).input_ids + tokenizer(e.item.value).input_ids
+        shown.append(bool(ids))
+        out.append(embed(torch.tensor(ids)).mean(0) if ids else torch.zeros(embed.weight.shape[1]))
+    return torch.stack(out).detach(), torch.tensor(shown)
+
+
+def clip_loss(model, tokenizer, frames: np.ndarray, qas, table, prefix: PrefixCache, words=None
               ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
     """(mean answer loss, keep loss, whether each greedy answer was right (teacher forced, a cheap running
     accuracy)) for the clip's questions, all sharing one pre-fusion pass and one batched LLM pass."""
@@ -94,12 +108,19 @@ def clip_loss(model, tokenizer, frames: np.ndarray, qas, table, prefix: PrefixCa
     text_mean = text.float().mean(0)  # [S_text, H], as the engine's fp32 sum / count
     embed = model.model.embed_tokens
     P = len(prefix)
-    seqs, targets, keep = [], [], 0.0
+    keep = 0.0
+    if words is not None and words[1].any():
+        # Frame tokens that look like the words for what they show: the frozen LLM already knows how to copy a
+        # word from its context into an answer, so this is the shortest road from pixels to a right answer.
+        target, shown = words
+        cos = F.cosine_similarity(frame_tokens[:, 0][shown], target[shown], dim=-1)  # [T_shown]
+        keep = keep + args_word_weight * (1 - cos).mean()
+    seqs, targets = [], []
     for i, qa in enumerate(qas):
         prompt = model.fused_prompt(layout, i, text_mean)  # [L, H]
         assert prompts[i].index(IMAGE_TOKEN_INDEX) == P and prompts[i][:P] == prefix.ids.tolist()
         raw = embed(prefix.ids)  # [P, H]
-        keep = keep + ((prompt[:P] - raw) ** 2).mean() / (raw**2).mean()
+        keep = keep + ((prompt[:P] - raw) ** 2).mean() / (raw**2).mean() / len(qas)
         target = torch.tensor(tokenizer(qa.answer + "<|im_end|>").input_ids)  # [A]
         seqs.append(torch.cat([frame_tokens.flatten(0, 1), prompt[P + 1 :], embed(target[:-1])]))  # [N_i, H]
         targets.append(target)
@@ -113,7 +134,10 @@ def clip_loss(model, tokenizer, frames: np.ndarray, qas, table, prefix: PrefixCa
         logits = model.lm_head(hidden[i, len(seq) - len(target) : len(seq)])  # [A, V]
         total = total + F.cross_entropy(logits, target)
         right.append(bool((logits.argmax(-1) == target).all()))
-    return total / len(qas), keep / len(qas), right
+    return total / len(qas), keep, right
+
+
+args_word_weight = 1.0
 
 
 def param_groups(model, lr: float) -> list[dict]:
@@ -141,10 +165,13 @@ def main(argv=None) -> None:
     parser.add_argument("--follow", default=None, metavar="STAGE1_CKPT",
                         help="stage 1 is still training: keep the vision side frozen and reload it from this file at "
                              "every checkpoint (both stages then run at once on a shared machine)")
+    parser.add_argument("--words", type=float, default=1.0, help="weight of the word-embedding target of frame tokens")
     parser.add_argument("--keep", type=float, default=1.0, help="weight of the keep loss (see PrefixCache)")
     parser.add_argument("--aux", type=float, default=0.3, help="weight of stage 1's per-frame attribute loss")
     args = parser.parse_args(argv)
     setup_threads()
+    global args_word_weight
+    args_word_weight = args.words
     mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(","))}
     from transformers import AutoTokenizer
 
@@ -202,7 +229,9 @@ def main(argv=None) -> None:
             if not qas:
                 continue
             frames = render_clip(tl, [i + 0.5 for i in range(int(tl.duration))], rng)
-            loss, keep, right = clip_loss(model, tokenizer, frames, qas, table, prefix)
+            times = [i + 0.5 for i in range(int(tl.duration))]
+            words = word_targets(model, tokenizer, tl, times) if args.words > 0 else None
+            loss, keep, right = clip_loss(model, tokenizer, frames, qas, table, prefix, words)
             times = [i + 0.5 for i in range(int(tl.duration))]
             pick = sorted(rng.sample(range(len(times)), min(4, len(times))))  # a few frames are enough
             labels = {k: torch.tensor([frame_labels(tl, times[i])[k] for i in pick]) for k in HEADS}
