@@ -190,14 +190,14 @@ def transformers_warnings():
 
 def test_tower_from_mm_vision_tower_is_not_reported_missing(tmp_path, transformers_warnings, monkeypatch):
     import vidmini  # noqa: F401
-    import vidmini.model.llava_mini as llava_mini
+    import vidmini.model.checkpoint as checkpoint
     from transformers import AutoModelForCausalLM
 
     path = _checkpoint_without_tower(tmp_path)
     AutoModelForCausalLM.from_pretrained(path)
     assert not any("MISSING" in line or "newly initialized" in line for line in transformers_warnings)
     # Control: without the declaration, transformers does report the tower keys, so the assertion above can fail.
-    monkeypatch.setattr(llava_mini, "tower_in_checkpoint", lambda _: True)
+    monkeypatch.setattr(checkpoint, "tower_in_checkpoint", lambda _: True)
     AutoModelForCausalLM.from_pretrained(path)
     assert any("vision_tower" in line and "MISSING" in line for line in transformers_warnings)
 

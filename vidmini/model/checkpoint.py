@@ -14,8 +14,10 @@ from vidmini.errors import ModelLoadError
 
 HUB_KWARGS = ("cache_dir", "local_files_only", "revision", "token", "force_download")
 TOWER_PREFIX = "model.vision_tower.vision_tower."
-# The regex transformers matches against missing keys, for checkpoints whose tower comes from `mm_vision_tower`.
+# Regexes transformers matches against missing keys: the tower when it comes from `mm_vision_tower`, the LLM when
+# the config names an `llm_source` (the demo model's LLM comes from a package, vidmini.demo.checkpoint).
 TOWER_KEYS_PATTERN = r"^model\.vision_tower\.vision_tower\."
+LLM_KEYS_PATTERN = r"^(model\.embed_tokens|model\.layers|model\.norm|lm_head)\."
 
 
 def tower_location(tower: str, checkpoint: str) -> str:
@@ -84,9 +86,20 @@ def tower_in_checkpoint(name_or_path) -> bool:
     return names is None or any(n.startswith(TOWER_PREFIX) for n in names)
 
 
+def expected_missing(name_or_path, config) -> list[str]:
+    """Patterns of the weights this checkpoint leaves to another source, filled in by `finish_loading`."""
+    patterns = [] if tower_in_checkpoint(name_or_path) else [TOWER_KEYS_PATTERN]
+    return patterns + ([LLM_KEYS_PATTERN] if getattr(config, "llm_source", None) else [])
+
+
 def finish_loading(model, name_or_path, info: dict, tower_expected_missing: bool) -> None:
-    """Fill the vision tower from `mm_vision_tower` when the checkpoint has none; refuse any other gap."""
+    """Fill the LLM from its `llm_source` and the vision tower from `mm_vision_tower` when the checkpoint has none;
+    refuse any other gap."""
     missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
+    if getattr(model.config, "llm_source", None):
+        from vidmini.demo.checkpoint import fill_llm_weights
+
+        missing = fill_llm_weights(model, missing)
     tower_missing = [k for k in missing if k.startswith(TOWER_PREFIX)]
     others = [k for k in missing if not k.startswith(TOWER_PREFIX)]
     if others:

@@ -20,15 +20,15 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from vidmini import capacity
-from vidmini.model.checkpoint import TOWER_KEYS_PATTERN, finish_loading, prepare_config, tower_in_checkpoint
+from vidmini.model.checkpoint import TOWER_KEYS_PATTERN, expected_missing, finish_loading, prepare_config
 from vidmini.model.compressor import Compressor
 from vidmini.model.config import LlavaMiniConfig
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout, additive_mask, run_prefusion
 from vidmini.model.projector import build_projector
 from vidmini.model.vision import VisionTower
 
-# Set by from_pretrained while it builds a model whose checkpoint leaves the tower to `mm_vision_tower`.
-_TOWER_EXPECTED_MISSING: ContextVar[bool] = ContextVar("vidmini_tower_expected_missing", default=False)
+# Set by from_pretrained while it builds a model: patterns of the weights its checkpoint leaves to another source.
+_EXPECTED_MISSING: ContextVar[tuple[str, ...]] = ContextVar("vidmini_expected_missing", default=())
 
 
 class LlavaMiniModel(LlamaModel):
@@ -58,8 +58,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-        if _TOWER_EXPECTED_MISSING.get():
-            self._keys_to_ignore_on_load_missing.add(TOWER_KEYS_PATTERN)  # post_init made it a per-instance set
+        self._keys_to_ignore_on_load_missing.update(_EXPECTED_MISSING.get())  # post_init made it a per-instance set
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -81,13 +80,13 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         want_info = kwargs.pop("_vidmini_loading_info", False)
         # The released checkpoint may leave the CLIP tower to `mm_vision_tower`: those keys are then expected to be
         # missing (filled in by finish_loading), and transformers must not report them as "newly initialized".
-        tower_expected_missing = not tower_in_checkpoint(pretrained_model_name_or_path)
-        token = _TOWER_EXPECTED_MISSING.set(tower_expected_missing)
+        patterns = expected_missing(pretrained_model_name_or_path, kwargs["config"])
+        token = _EXPECTED_MISSING.set(tuple(patterns))
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         finally:
-            _TOWER_EXPECTED_MISSING.reset(token)
-        finish_loading(model, pretrained_model_name_or_path, info, tower_expected_missing)
+            _EXPECTED_MISSING.reset(token)
+        finish_loading(model, pretrained_model_name_or_path, info, TOWER_KEYS_PATTERN in patterns)
         return (model, info) if want_info else model
 
     # ---- properties used by the engine -------------------------------------------------------------------

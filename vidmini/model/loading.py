@@ -45,8 +45,13 @@ def pick_dtype(dtype: str, device: str):
 
 
 def locate_checkpoint(model_id: str, weights: bool = True) -> str:
-    """A local folder holding the checkpoint: the path itself, or the Hub snapshot (downloaded when allowed).
-    weights=False fetches the configs and tokenizer only (for plans that load nothing)."""
+    """A local folder holding the checkpoint: the path itself, `demo` (the small model shipped with vidmini), or the
+    Hub snapshot (downloaded when allowed). weights=False fetches the configs and tokenizer only (for plans that
+    load nothing)."""
+    if model_id == "demo":
+        from vidmini.demo.checkpoint import resolve_demo
+
+        return resolve_demo()
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a model checkpoint?")
