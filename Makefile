@@ -17,12 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Tests spread over every core by file (pytest-xdist): files that start a Ray cluster or share a 3-hour video keep
+# their tests in one worker.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # Everything but the end-to-end checks marked slow (3-hour videos, signals, worker processes): for quick iterations.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 # The lowest versions pyproject.toml declares (each dependency pinned to its lower bound), on the checks that
 # exercise the APIs we call in them: reference equality, the multi-question cache rewind, loading.

@@ -64,10 +64,22 @@ def rss_mb() -> float:
 
 @pytest.fixture(scope="session")
 def three_hour_video(tmp_path_factory) -> Path:
-    """10,800 frames at 1 fps, 96x64 H.264, each frame coding its own index (vidmini.testing.videos)."""
+    """10,800 frames at 1 fps, 96x64 H.264, each frame coding its own index (vidmini.testing.videos). Made once
+    for the whole run: under pytest-xdist the workers share the parent of their temp folders, and a lock makes
+    the first one write it while the others wait."""
+    import fcntl
+
     from vidmini.testing.videos import make_video
 
-    return Path(make_video(str(tmp_path_factory.mktemp("long") / "3h.mp4"), 3 * 3600, fps=1.0))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: the run's folder, shared
+    path = shared / "3h.mp4"
+    with open(shared / "3h.mp4.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            make_video(str(shared / "3h.partial.mp4"), 3 * 3600, fps=1.0)
+            os.replace(shared / "3h.partial.mp4", path)
+    return path
 
 
 class CliRun(NamedTuple):
