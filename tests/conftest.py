@@ -111,3 +111,4 @@ def cli(capsys, monkeypatch, tmp_path):
         return CliRun(code, out.out, out.err)
 
     return run
+

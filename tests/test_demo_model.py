@@ -51,6 +51,7 @@ def test_still_clip_several_questions_in_one_pass(demo, tmp_path, seed):
 
 
 @needs_llm
+@pytest.mark.slow
 def test_long_video_through_the_buffer_and_the_cache(demo, tmp_path, monkeypatch):
     """11 min at 1 fps (660 frames) through the whole pipeline with the demo model; the second ask (from the frame
     cache) gives the same answer. Whether that answer is right is the next test's business."""
