@@ -95,28 +95,27 @@ def shape_of_colour(tl: Timeline, rng: random.Random) -> QA | None:
     return QA(q, next(iter(by_colour[colour])), "shape_of_colour")
 
 
-def which_shape(tl: Timeline, rng: random.Random) -> QA | None:
-    shapes = {e.item.value for e in _items(tl, "shape")}
-    if len(shapes) != 1:
+def _the_one(tl: Timeline, rng: random.Random, kind: str, phrasings: list[str], label: str) -> QA | None:
+    """The one value of `kind` the clip shows, asked in one of `phrasings`; None when it shows none or several."""
+    values = {e.item.value for e in _items(tl, kind)}
+    if len(values) != 1:
         return None
-    q = rng.choice(["What shape is shown?", "Which shape appears?", "What shape appears in the video?"])
-    return QA(q, shapes.pop(), "which_shape")
+    return QA(rng.choice(phrasings), values.pop(), label)
+
+
+def which_shape(tl: Timeline, rng: random.Random) -> QA | None:
+    return _the_one(tl, rng, "shape", ["What shape is shown?", "Which shape appears?",
+                                        "What shape appears in the video?"], "which_shape")
 
 
 def which_digit(tl: Timeline, rng: random.Random) -> QA | None:
-    digits = {e.item.value for e in _items(tl, "digit")}
-    if len(digits) != 1:
-        return None
-    q = rng.choice(["What digit is shown?", "Which number appears?", "What number is on the screen?"])
-    return QA(q, digits.pop(), "which_digit")
+    return _the_one(tl, rng, "digit", ["What digit is shown?", "Which number appears?",
+                                        "What number is on the screen?"], "which_digit")
 
 
 def which_word(tl: Timeline, rng: random.Random) -> QA | None:
-    words = {e.item.value for e in _items(tl, "word")}
-    if len(words) != 1:
-        return None
-    q = rng.choice(["What word is shown?", "Which word appears?", "What word is written on the screen?"])
-    return QA(q, words.pop(), "which_word")
+    return _the_one(tl, rng, "word", ["What word is shown?", "Which word appears?",
+                                       "What word is written on the screen?"], "which_word")
 
 
 def colour_of_text(tl: Timeline, rng: random.Random) -> QA | None:
