@@ -33,6 +33,26 @@ def test_prompt_is_the_reference_prompt(tokenizer):
     assert ids[ids.index(-200) + 1 :] == tokenizer(after).input_ids[1:]  # the later chunk's BOS dropped
 
 
+def test_a_tokenizer_that_adds_no_bos_keeps_every_token_of_the_question(tokenizer):
+    """SmolLM2's case: the template starts with the BOS text but the tokenizer adds no BOS of its own. The first
+    token after <image> used to be dropped as if it were a BOS."""
+    from vidmini.model.prompt import tokenize_with_placeholder
+
+    class NoBos:  # the tiny tokenizer, minus the BOS it adds
+        bos_token_id = tokenizer.bos_token_id
+
+        def __call__(self, text):
+            ids = tokenizer(text).input_ids
+            return type("Encoding", (), {"input_ids": ids[1:] if ids[:1] == [self.bos_token_id] else ids})()
+
+    no_bos = NoBos()
+    text = "<|begin_of_text|>header <image>\nWhat colour is the ball?"
+    before, after = text.split("<image>")
+    ids = tokenize_with_placeholder(no_bos, text)
+    assert ids == no_bos(before).input_ids + [-200] + no_bos(after).input_ids
+    assert ids[0] == tokenizer.bos_token_id  # the template's own BOS text is kept
+
+
 def test_placeholder_in_question_does_not_add_frames(tokenizer):
     from vidmini.model.prompt import build_prompt_ids
 

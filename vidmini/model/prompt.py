@@ -22,11 +22,15 @@ def prompt_text(tokenizer, question: str, system: str = SYSTEM_PROMPT) -> str:
 def tokenize_with_placeholder(tokenizer, text: str) -> list[int]:
     """Tokenize each chunk around "<image>" with special tokens and join with -200.
 
-    As the reference: when the first chunk starts with BOS, that BOS is kept once and the first token of every
-    chunk is dropped (the BOS each chunk gets). The template already holds BOS, so the prompt starts with two.
+    As the reference: when the tokenizer adds a BOS to every chunk and the first chunk starts with BOS, that BOS is
+    kept once and the BOS every later chunk got is dropped. The Llama-3 template already holds BOS, so that prompt
+    starts with two. A tokenizer that adds no BOS (SmolLM2: its template merely starts with the BOS text) keeps
+    every token: dropping "the first token" there cut a real token off the question.
     """
     chunks = [tokenizer(chunk).input_ids for chunk in text.split(IMAGE_PLACEHOLDER)]
-    skip = 1 if chunks[0][:1] == [tokenizer.bos_token_id] and tokenizer.bos_token_id is not None else 0
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    skip = 1 if adds_bos and chunks[0][:1] == [bos] else 0
     ids = chunks[0][:skip]
     for i, chunk in enumerate(chunks):
         if i > 0:
