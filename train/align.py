@@ -25,7 +25,7 @@ from train.model import build_model, export, ours
 from vidmini.demo.clips import needle_video, sequence_clip, still_clip
 from vidmini.demo.questions import SINGLE_EVENT, TEMPORAL, ask, needle_question
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
-from vidmini.model.preprocess import normalization_table, normalize
+from vidmini.model.preprocess import normalize, pixel_stats
 from vidmini.model.prompt import build_prompt_ids
 
 
@@ -212,7 +212,7 @@ def main(argv=None) -> None:
     if state is not None and bool(state.get("followed")) == bool(args.follow):  # else the groups differ: fresh moments
         opt.load_state_dict(state["opt"])
     model.train()
-    table = normalization_table(model.config.image_mean, model.config.image_std)
+    table = pixel_stats(model.config.image_mean, model.config.image_std)
     log = LossLog(out / "log.jsonl")
     losses, keeps, hits = [], [], {}
     prefix_ids = build_prompt_ids(tokenizer, "?")

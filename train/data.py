@@ -82,7 +82,10 @@ def frame_labels(tl: Timeline, t: float) -> dict[str, int]:
 
 
 # ---- per-patch labels: what is under each patch (dense supervision gets a from-scratch ViT going) -----------
-PATCH_KINDS = ["none"] + [f"shape_{s}" for s in SHAPES] + ["digit", "word"]
+# Identity, not only kind: a label per digit and per word makes every patch of an item say which item it is part
+# of, so the ViT learns to read glyphs across patches (with kind-only labels digit and word identity sat on the
+# prior for 3,000 steps).
+PATCH_KINDS = ["none"] + [f"shape_{s}" for s in SHAPES] + [f"digit_{d}" for d in DIGITS] + [f"word_{w}" for w in WORDS]
 
 
 def patch_labels(tl: Timeline, t: float, mask: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +100,5 @@ def patch_labels(tl: Timeline, t: float, mask: np.ndarray, patch: int) -> tuple[
         if counts.size and counts.max() >= 0.08 * cell.size:
             e = visible[int(counts.argmax())]
             colour[n] = 1 + COLOUR_NAMES.index(e.item.colour)
-            name = f"shape_{e.item.value}" if e.item.kind == "shape" else e.item.kind
-            kind[n] = PATCH_KINDS.index(name)
+            kind[n] = PATCH_KINDS.index(f"{e.item.kind}_{e.item.value}")
     return colour, kind
