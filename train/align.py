@@ -11,6 +11,8 @@ share one pre-fusion pass, as in the engine. Clip mix: still clips (1-3 frames, 
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import random
 import time
 from pathlib import Path
@@ -50,6 +52,19 @@ def sample(rng: random.Random, mix: dict[str, float]):
     tl = sequence_clip(rng, float(duration))
     qas = [qa for qa in (ask(tl, rng, TEMPORAL), ask(tl, rng, SINGLE_EVENT)) if qa is not None]
     return kind, tl, qas
+
+
+def training_clip(seed: int, mix: dict[str, float], at: tuple[int, int]):
+    """(kind, timeline, questions, frames [T, 336, 336, 3], frames for the attribute loss) of clip k of step s:
+    a function of (seed, s, k) only, so a resumed run sees the same clips."""
+    step, k = at
+    rng = random.Random(seed * 1_000_003 + step * 97 + k)
+    kind, tl, qas = sample(rng, mix)
+    if not qas:
+        return kind, tl, qas, None, []
+    frames = render_clip(tl, [i + 0.5 for i in range(int(tl.duration))], rng)
+    pick = sorted(rng.sample(range(len(frames)), min(4, len(frames))))  # a few frames are enough
+    return kind, tl, qas, frames, pick
 
 
 def aux_loss(model, heads, pixels: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -127,7 +142,7 @@ def clip_loss(model, tokenizer, frames: np.ndarray, qas, table, prefix: PrefixCa
     longest = max(len(x) for x in seqs)
     x = torch.stack([F.pad(x, (0, 0, 0, longest - len(x))) for x in seqs])  # [B, N, H]; padding at the end only
     positions = torch.arange(P, P + longest)[None].expand(len(seqs), -1)  # [B, N]
-    hidden = model.model(inputs_embeds=x, past_key_values=prefix.expand(len(seqs)), position_ids=positions,
+    hidden = model.model(inputs_embeds=x, cache=prefix.expand(len(seqs)), position_ids=positions,
                          use_cache=True).last_hidden_state  # [B, N, H]
     total, right = 0.0, []
     for i, (seq, target) in enumerate(zip(seqs, targets)):
@@ -159,6 +174,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="train/runs/align")
     parser.add_argument("--export", default="vidmini/demo/weights", help="folder written at every checkpoint")
     parser.add_argument("--mix", default="still=0.75,needle=0.2,sequence=0.05")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering clips (0: in the trainer)")
     parser.add_argument("--seed", type=int, default=2000)  # training seeds: 1000+; evaluation uses < 1000
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--log-every", type=int, default=5)
@@ -217,6 +233,11 @@ def main(argv=None) -> None:
     losses, keeps, hits = [], [], {}
     prefix_ids = build_prompt_ids(tokenizer, "?")
     prefix = PrefixCache(model, prefix_ids[: prefix_ids.index(IMAGE_TOKEN_INDEX)])
+    # Rendering a clip is a good part of a step: a worker process renders the next clips on the other core.
+    pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=setup_threads) if args.workers else None
+    make = functools.partial(training_clip, args.seed, mix)
+    order = ((s, k) for s in range(step, args.steps) for k in range(args.accumulate))
+    clips = pool.imap(make, order) if pool else map(make, order)
     while step < args.steps:
         scale = min(1.0, (step + 1) / 30) * (0.15 + 0.85 * (1 - step / args.steps))
         for group, lr in zip(opt.param_groups, base):
@@ -224,16 +245,12 @@ def main(argv=None) -> None:
         t0 = time.monotonic()
         opt.zero_grad()
         for k in range(args.accumulate):
-            rng = random.Random(args.seed * 1_000_003 + step * 97 + k)  # step s always sees the same clips
-            kind, tl, qas = sample(rng, mix)
+            kind, tl, qas, frames, pick = next(clips)
             if not qas:
                 continue
-            frames = render_clip(tl, [i + 0.5 for i in range(int(tl.duration))], rng)
             times = [i + 0.5 for i in range(int(tl.duration))]
             words = word_targets(model, tokenizer, tl, times) if args.words > 0 else None
             loss, keep, right = clip_loss(model, tokenizer, frames, qas, table, prefix, words)
-            times = [i + 0.5 for i in range(int(tl.duration))]
-            pick = sorted(rng.sample(range(len(times)), min(4, len(times))))  # a few frames are enough
             labels = {k: torch.tensor([frame_labels(tl, times[i])[k] for i in pick]) for k in HEADS}
             aux = None if args.follow else aux_loss(model, heads, normalize(torch.from_numpy(frames[pick]), table), labels)
             if args.follow:

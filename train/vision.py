@@ -10,6 +10,8 @@ before the LLM is involved; stage 2 (train/align.py) then teaches the projector 
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import random
 import time
 from pathlib import Path
@@ -112,7 +114,7 @@ def thumbnail_init(conv: nn.Conv2d, cells: int = 6) -> None:
                     n += 1
 
 
-def batch(rng: random.Random, size: int, table: torch.Tensor, patch: int = 42):
+def batch(rng: random.Random, size: int, table: torch.Tensor, patch: int = 42, clean: bool = False):
     """`size` frames from several short clips (1-3 items or none), each clip with its own look and codec."""
     frames, labels, colours, kinds = [], [], [], []
     while len(frames) < size:
@@ -124,7 +126,7 @@ def batch(rng: random.Random, size: int, table: torch.Tensor, patch: int = 42):
         for clip in clips:
             masks: list = []
             t = rng.uniform(0, 3.9)
-            frames.append(render_clip(clip, [t], rng, masks)[0])
+            frames.append(render_clip(clip, [t], rng, masks, clean=clean)[0])
             labels.append(frame_labels(clip, t))
             c, k = patch_labels(clip, t, masks[0], patch)
             colours.append(c)
@@ -132,6 +134,14 @@ def batch(rng: random.Random, size: int, table: torch.Tensor, patch: int = 42):
     pixels = normalize(torch.from_numpy(__import__("numpy").stack(frames)), table)  # [B, 3, 336, 336]
     dense = torch.from_numpy(__import__("numpy").stack(colours)), torch.from_numpy(__import__("numpy").stack(kinds))
     return pixels, {k: torch.tensor([l[k] for l in labels]) for k in HEADS}, dense  # dense: [B, 64] each
+
+
+def step_batch(seed: int, size: int, stats: torch.Tensor, step: int, clean_until: int = 0):
+    """The batch of training step `step`: a function of (seed, step) only, so a resumed run sees the same data.
+    Curriculum: clean frames before `clean_until`, then half clean, half degraded."""
+    rng = random.Random(seed * 1_000_003 + step)
+    clean = step < clean_until or (clean_until > 0 and rng.random() < 0.5)
+    return batch(rng, size, stats, clean=clean)
 
 
 def empty(rng: random.Random):
@@ -147,11 +157,14 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--out", default="train/runs/vision")
     parser.add_argument("--attn", type=float, default=1.0, help="weight of the compressor-attention guide")
+    parser.add_argument("--workers", type=int, default=1, help="processes making batches (0: in the trainer)")
+    parser.add_argument("--device", default="cpu", help="cuda on a GPU machine; give it --workers for the rendering")
+    parser.add_argument("--clean-until", type=int, default=0, help="curriculum: clean frames before this step")
     parser.add_argument("--seed", type=int, default=1000)  # training seeds: 1000+; evaluation uses < 1000
     args = parser.parse_args(argv)
     setup_threads()
     out = Path(args.out)
-    model = VisionStage(DemoSize())
+    model = VisionStage(DemoSize()).to(args.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.05)
     step = 0
     state = load(out / "last.pt")
@@ -164,13 +177,18 @@ def main(argv=None) -> None:
     log = LossLog(out / "log.jsonl")
     seen: dict[str, list[float]] = {k: [] for k in HEADS}  # + "patch_id": identity accuracy on item patches
     losses: list[float] = []
+    # Rendering and encoding frames is half a step: a worker process makes the next batches on the other core.
+    pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=setup_threads) if args.workers else None
+    make = functools.partial(step_batch, args.seed, args.batch, table, clean_until=args.clean_until)
+    batches = pool.imap(make, range(step, args.steps)) if pool else map(make, range(step, args.steps))
     while step < args.steps:
-        rng = random.Random(args.seed * 1_000_003 + step)  # resumable: step s always sees the same data
         lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.monotonic()
-        pixels, labels, (colours, kinds) = batch(rng, args.batch, table)
+        pixels, labels, (colours, kinds) = next(batches)
+        pixels, colours, kinds = pixels.to(args.device), colours.to(args.device), kinds.to(args.device)
+        labels = {k: v.to(args.device) for k, v in labels.items()}
         t1 = time.monotonic()
         logits, patch_colour, patch_kind, attn = model(pixels)
         loss = sum(F.cross_entropy(logits[k], labels[k]) for k in HEADS)
