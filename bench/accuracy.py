@@ -121,13 +121,20 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, seed: in
 
 
 def decode_speed(model, tokenizer, tokens: int = 64) -> float:
+    """Greedy decode tokens per second after the prompt: (time for 1 + N new tokens - time for 1) / N. Counting
+    the output's length instead (it includes the prompt) overstated the rate."""
     import torch
 
     ids = torch.tensor([tokenizer("Write a long story about a red circle and a blue square.").input_ids])
-    model.generate(input_ids=ids, max_new_tokens=4, eos_token_id=[-1])  # warm-up
-    t0 = time.monotonic()
-    out = model.generate(input_ids=ids, max_new_tokens=tokens, eos_token_id=[-1])
-    return out.shape[1] / (time.monotonic() - t0)
+
+    def timed(n: int) -> float:
+        t0 = time.monotonic()
+        out = model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        assert out.shape[1] - ids.shape[1] == n, "generate did not produce the tokens asked for"
+        return time.monotonic() - t0
+
+    timed(4)  # warm-up
+    return tokens / (timed(tokens + 1) - timed(1))
 
 
 def heat_map(rows: list[dict], path: str) -> None:
