@@ -235,6 +235,26 @@ def test_ask_output_paths_are_checked_before_any_work(cli, tmp_path, option):
     assert code == 2 and f"{option} " in one_line(err) and "does not exist" in err
 
 
+@pytest.mark.parametrize("option,content", [("--memory-plot", b"\x89PNG\r\n\x1a\n holiday photo"),
+                                            ("--memory-snapshot", b"my notes")])
+def test_memory_outputs_never_replace_a_file_that_is_not_ours(cli, tmp_path, option, content):
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(content)
+    code, _, err = cli("ask", SAMPLE, "What?", "--model", BOGUS_MODEL, option, mine)
+    assert code == 2 and "not touching it" in one_line(err)
+    assert mine.read_bytes() == content
+
+
+def test_a_memory_plot_we_wrote_is_recognised_as_ours(tmp_path):
+    from vidmini.memory_report import write_plot
+    from vidmini.outputs import is_our_plot
+    from vidmini.memory import Recorder
+
+    plot = tmp_path / "m.png"
+    write_plot(Recorder(memory=False, device="cpu"), str(plot))
+    assert is_our_plot(plot) and is_our_plot(tmp_path / "missing.png")
+
+
 # ---- empty folders and reruns ---------------------------------------------------------------------------------
 def test_empty_folder_says_no_videos_found(cli, tmp_path):
     empty = tmp_path / "empty"

@@ -237,11 +237,9 @@ def ask(
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
-    from vidmini.outputs import check_writable
+    from vidmini.outputs import check_memory_outputs
 
-    for option, path in (("--memory-plot", memory_plot), ("--memory-snapshot", memory_snapshot)):
-        if path is not None:
-            check_writable(path, option)  # before the model loads, not after the work
+    check_memory_outputs(memory_plot, memory_snapshot)  # before the model loads, not after the work
     if memory_plot is not None:
         from vidmini.memory_report import check_plot_available
 

@@ -126,6 +126,8 @@ def write_plot(recorder: Recorder, path: str) -> None:
     """Memory over time, the stages shaded."""
     import matplotlib
 
+    from vidmini.outputs import PLOT_SOFTWARE
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -147,7 +149,7 @@ def write_plot(recorder: Recorder, path: str) -> None:
     ax.set_title("vidmini memory over time")
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": PLOT_SOFTWARE})  # how a rerun knows the file is ours
     plt.close(fig)
 
 

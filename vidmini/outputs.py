@@ -83,6 +83,43 @@ def is_our_markdown(path: Path) -> bool:
     return not head.strip() or head.startswith(MARKDOWN_MARKER) or bool(_LEGACY_MARKDOWN.match(head))
 
 
+PLOT_SOFTWARE = "vidmini memory plot"  # the PNG's Software text chunk: how we recognise a plot as ours
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_our_plot(path: Path) -> bool:
+    """True for a missing or empty file and for a PNG that `--memory-plot` wrote (its Software tEXt chunk, which
+    precedes the image data)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+    except FileNotFoundError:
+        return True
+    return not head or (head.startswith(_PNG) and b"tEXtSoftware\x00" + PLOT_SOFTWARE.encode() in head)
+
+
+def is_our_snapshot(path: Path) -> bool:
+    """True for a missing or empty file and for a CUDA allocator snapshot (a pickle holding "device_traces").
+    Judged by bytes, never by unpickling a file we did not write."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 * 1024**2)
+    except FileNotFoundError:
+        return True
+    return not data or (data[:1] == b"\x80" and b"device_traces" in data)
+
+
+def check_memory_outputs(plot: Path | None, snapshot: Path | None) -> None:
+    """--memory-plot and --memory-snapshot: writable, and never replacing a file that is not ours."""
+    for option, path, ours, what in (("--memory-plot", plot, is_our_plot, "a vidmini memory plot"),
+                                     ("--memory-snapshot", snapshot, is_our_snapshot, "a CUDA memory snapshot")):
+        if path is None:
+            continue
+        check_writable(path, option)
+        if path.is_file() and not ours(path):
+            _fail(f"{option} {path} exists and is not {what}; not touching it (choose another file name)")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
