@@ -255,6 +255,50 @@ def test_a_memory_plot_we_wrote_is_recognised_as_ours(tmp_path):
     assert is_our_plot(plot) and is_our_plot(tmp_path / "missing.png")
 
 
+# ---- a disk that fills up mid-run ------------------------------------------------------------------------------
+def test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line(cli, tiny_checkpoint, folder, tmp_path,
+                                                                        monkeypatch):
+    import errno
+
+    import vidmini.summarize as summarize
+
+    out = tmp_path / "r.jsonl"
+    code, _, err = cli("summarize", folder / "a.mp4", "--out", out, "--model", tiny_checkpoint, "--quiet")
+    assert code == 0, err
+    before = out.read_bytes()
+    real_write = os.write
+
+    started = []
+
+    def disk_full(fd, data):  # half the record reaches the disk, then the disk is full
+        if started:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if b'"path"' not in bytes(data[:64]):
+            return real_write(fd, data)
+        started.append(fd)
+        return real_write(fd, bytes(data[: len(data) // 2]))
+
+    monkeypatch.setattr(summarize.os, "write", disk_full)
+    code, _, err = cli("summarize", folder, "--out", out, "--model", tiny_checkpoint, "--quiet")
+    assert code == 1 and one_line(err).startswith(f"vidmini: error: cannot write the report {out}: No space left"), (err, out.read_text())
+    assert "unexpected" not in err and "Traceback" not in err
+    assert out.read_bytes() == before  # no torn line: the earlier record is intact and alone
+    monkeypatch.setattr(summarize.os, "write", real_write)
+    code, _, err = cli("summarize", folder, "--out", out, "--model", tiny_checkpoint, "--quiet")
+    assert code == 0 and len(out.read_text().splitlines()) == 2  # the rerun resumes with the one not written
+
+
+def test_a_record_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    from vidmini.summarize import Report
+
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"path": "/a.mp4", "prompt_key": "k", "error": null}\n{"path": "/b.mp4", "prom')  # killed
+    report = Report(str(out))
+    report.read()
+    assert report.append({"path": "/c.mp4", "prompt_key": "k", "error": None})
+    assert [r["path"] for r in report.read()] == ["/a.mp4", "/c.mp4"]
+
+
 # ---- empty folders and reruns ---------------------------------------------------------------------------------
 def test_empty_folder_says_no_videos_found(cli, tmp_path):
     empty = tmp_path / "empty"
@@ -600,6 +644,7 @@ CASE_FOR_EXIT_CODE = {
     2: "test_hostile.py::test_an_unknown_device_is_a_usage_error",
     3: "test_hostile.py::test_the_video_is_checked_before_the_model_is_loaded",
     4: "test_hostile.py::test_json_failures_are_one_object_on_stdout",
+    1: "test_hostile.py::test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line",
     5: "test_hostile.py::test_out_of_device_memory_is_exit_5_and_one_line",
     130: "test_cli_ask.py::test_ctrl_c_exits_130_and_leaves_no_cache_entry",
     143: "test_hostile.py::test_sigterm_stops_like_ctrl_c",
@@ -612,7 +657,7 @@ def test_the_readme_exit_codes_are_the_ones_errors_gives_and_each_has_a_case():
     readme = (REPO / "README.md").read_text()
     paragraph = readme[readme.index("Exit codes:"):].split("\n\n")[0]
     documented = {int(code) for code in re.findall(r"(?:^|·|:)\s*(\d+)\s+[a-z]", paragraph)}
-    assert documented == {errors.OK, errors.USAGE, errors.BAD_INPUT, errors.MODEL_LOAD, errors.OUT_OF_MEMORY,
+    assert documented == {errors.OK, errors.FAILED, errors.USAGE, errors.BAD_INPUT, errors.MODEL_LOAD, errors.OUT_OF_MEMORY,
                           errors.INTERRUPTED, errors.TERMINATED}
     assert set(CASE_FOR_EXIT_CODE) == documented
     for case in CASE_FOR_EXIT_CODE.values():

@@ -42,6 +42,12 @@ class DeviceOutOfMemory(VidminiError):
     code = OUT_OF_MEMORY
 
 
+class WriteFailed(VidminiError):
+    """An output could not be written mid-run (disk full, quota, I/O error); what was written before is intact."""
+
+    code = FAILED
+
+
 def exit_code_for(err: BaseException) -> int:
     if isinstance(err, VidminiError):
         return err.code
@@ -63,7 +69,7 @@ def describe(err: BaseException) -> tuple[int, str]:
     code = exit_code_for(err)
     if code == INTERRUPTED:
         return code, "interrupted"
-    if code == FAILED:
+    if code == FAILED and not isinstance(err, VidminiError):
         return code, f"unexpected {type(err).__name__}: {first_line(err)} (run with --debug for details)"
     return code, first_line(err)
 

@@ -19,6 +19,8 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidmini.errors import WriteFailed
+
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv",
                   ".flv", ".3gp", ".ogv", ".ivf", ".y4m", ".mxf"}
 NOT_VIDEO_SUFFIXES = {".txt", ".md", ".json", ".jsonl", ".py", ".csv", ".log", ".srt", ".vtt", ".nfo", ".jpg",
@@ -172,10 +174,21 @@ class Report:
         if self._stamp != self._current_stamp() and any(_same_record(r, record) for r in self.read()):
             return False
         line = (json.dumps(record) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a line torn by a kill: the record must start a line of its own to be read
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as err:
+                os.ftruncate(fd, size)  # no torn record left behind (a full disk mid-line)
+                raise WriteFailed(f"cannot write the report {self.path}: {err.strerror or err}; every record "
+                                  "written before is kept: free space and run the same command again to resume") \
+                    from err
         finally:
             os.close(fd)
         self._stamp = self._current_stamp()
