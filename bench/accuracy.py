@@ -37,10 +37,13 @@ from vidmini.demo.video import write_video  # noqa: E402
 LOOKS = [(336, 336, 20), (320, 240, 28), (224, 224, 32), (480, 270, 23), (160, 160, 26)]  # width, height, crf
 
 
+MODEL = "demo"  # --model: the shipped demo weights, or a candidate folder of the same layout (train/ exports)
+
+
 def load_demo():
     from vidmini.model.loading import LoadOptions, load_model
 
-    return load_model(LoadOptions(model="demo", device="cpu"))
+    return load_model(LoadOptions(model=MODEL, device="cpu"))
 
 
 def clip_questions(tl, rng: random.Random, kinds: list[str]):
@@ -97,7 +100,7 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, seed: in
             t0 = time.monotonic()
             write_video(tl, path, fps=1.0, width=128, height=128, crf=26)
             made = time.monotonic() - t0
-            cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", "demo", "--json",
+            cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", MODEL, "--json",
                    "--no-cache", "--max-new-tokens", "16"]
             t0 = time.monotonic()
             threads = os.environ.get("VIDMINI_BENCH_THREADS", "2")
@@ -171,9 +174,12 @@ def main(argv=None) -> None:
     parser.add_argument("--needle-lengths", default="600,3600,10800")
     parser.add_argument("--needle-positions", default="0.1,0.5,0.9")
     parser.add_argument("--out", default=str(ROOT / "bench/results/accuracy"))
+    parser.add_argument("--model", default="demo", help="demo, or a folder exported by train/align.py")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the JSON reports of runs made in parallel (e.g. one per needle length) into OUT")
     args = parser.parse_args(argv)
+    global MODEL
+    MODEL = args.model
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         report = {k: v for part in parts for k, v in part.items() if k != "needle"}
