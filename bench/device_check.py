@@ -47,11 +47,14 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _logits_and_tokens(model, ids: torch.Tensor, pixels: torch.Tensor, steps: int = 5) -> tuple[torch.Tensor, list]:
+    """The last position's logits and the greedy tokens, from one `generate`: its first step's logits are the
+    prompt's forward pass (equal bit for bit to model(...).logits[0, -1] on the CPU, fixture and random model, all
+    three dtypes), so the forward is not run a second time."""
     dtype = model.compute_dtype
     with torch.no_grad():
-        logits = model(input_ids=ids, pixel_values=pixels.to(dtype)).logits[0, -1]
-        tokens = model.generate(input_ids=ids, pixel_values=pixels.to(dtype), max_new_tokens=steps, do_sample=False)
-    return logits.float().cpu(), tokens[0].tolist()
+        out = model.generate(input_ids=ids, pixel_values=pixels.to(dtype), max_new_tokens=steps, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    return out.logits[0][0].float().cpu(), out.sequences[0].tolist()
 
 
 def drift(model32, ids: torch.Tensor, pixels: torch.Tensor) -> dict:

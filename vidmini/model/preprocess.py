@@ -22,15 +22,27 @@ def pixel_stats(mean, std) -> torch.Tensor:
     return torch.tensor([list(mean), list(std)], dtype=torch.float32)
 
 
-def normalize(frames: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+def normalize(frames: torch.Tensor, stats: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 frames [B, S, S, 3] -> float pixel values [B, 3, S, S] (on the frames' device).
 
     float32(v) / 255 is the correctly rounded v/255, the same float32 as the reference's float64 division rounded
     (checked for all 256 values), so this equals `normalization_table` bit for bit at a third of a lookup's cost:
-    four passes over float32, in place, instead of int64 indices and gathers."""
+    four passes over float32, in place, instead of int64 indices and gathers.
+
+    The per-channel constants are laid out as one pixel row ([W*3]: mean/std of R, G, B, R, G, B, ...) and the
+    pixels as rows of W*3 values, so each pass broadcasts over contiguous memory: the same float32 operation on
+    every value as broadcasting [1, 3, 1, 1] over the channels-last view, about 3x faster for those two passes.
+
+    `out`: float32 storage of at least frames.numel() values on the frames' device to write into, for a caller
+    that reuses it batch after batch (the result is a view of it)."""
     stats = stats.to(frames.device)
-    pixels = frames.permute(0, 3, 1, 2).float()  # [B, 3, S, S], channels-last in memory
-    return pixels.div_(255).sub_(stats[0].view(1, 3, 1, 1)).div_(stats[1].view(1, 3, 1, 1))
+    b, h, w, c = frames.shape
+    if out is None:
+        pixels = frames.to(torch.float32, memory_format=torch.contiguous_format)  # [B, S, S, 3]
+    else:
+        pixels = out.view(-1)[: frames.numel()].view(frames.shape).copy_(frames)
+    pixels.view(b * h, w * c).div_(255).sub_(stats[0].repeat(w)).div_(stats[1].repeat(w))
+    return pixels.permute(0, 3, 1, 2)  # [B, 3, S, S], channels-last in memory
 
 
 def process_image(image, aspect: str = "square", mean=None, size: int = SIZE) -> np.ndarray:
