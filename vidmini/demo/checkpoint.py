@@ -12,6 +12,8 @@ read any checkpoint; `fill_llm_weights(model, missing)` fills the LLM's weights 
 
 from __future__ import annotations
 
+import hashlib
+
 import importlib.util
 import os
 import shutil
@@ -91,12 +93,16 @@ def llm_config():
 
 
 def resolve_demo(weights: Path = WEIGHTS_DIR) -> str:
-    """`--model demo` -> a folder with the shipped files (linked) and the LLM's tokenizer (copied from the cache)."""
+    """`--model demo` -> a folder with the shipped files (linked) and the LLM's tokenizer (copied from the cache).
+    `weights`: another folder of the same layout (config naming `llm_source`, our weights only)."""
     gguf_path()  # first: a missing package is the likely problem, and its message says what to install
+    weights = weights.resolve()  # the links must hold absolute paths
     if not (weights / "model.safetensors").is_file():
         raise ModelLoadError(f"the demo model's weights are missing from {weights}; reinstall vidmini")
     llm = prepare_llm_cache()
     folder = cache_root() / "demo-model" / llm.name
+    if weights != WEIGHTS_DIR.resolve():  # a folder train/align.py exported: one assembled folder each
+        folder = folder.with_name(f"{llm.name}-{hashlib.sha1(str(weights).encode()).hexdigest()[:12]}")
     folder.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         _link(weights / name, folder / name)

@@ -3,8 +3,11 @@ video VLMs transformers ships (vidmini.backends.hf_video), chosen by the config'
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from vidmini.errors import ModelLoadError, UsageError
 
@@ -44,6 +47,14 @@ def pick_dtype(dtype: str, device: str):
     return names[dtype]
 
 
+def _names_llm_source(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return "llm_source" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
 def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     """A local folder holding the checkpoint: the path itself, `demo` (the small model shipped with vidmini), or the
     Hub snapshot (downloaded when allowed). weights=False fetches the configs and tokenizer only (for plans that
@@ -55,6 +66,10 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a model checkpoint?")
+        if _names_llm_source(model_id) and not glob.glob(os.path.join(model_id, "tokenizer*")):
+            from vidmini.demo.checkpoint import resolve_demo  # a demo-layout folder (train/ exports one)
+
+            return resolve_demo(Path(model_id))
         return model_id
     if os.path.sep in model_id.strip("/").replace("/", "", 1) or model_id.startswith((".", "/")):
         raise ModelLoadError(f"model path {model_id} does not exist")
