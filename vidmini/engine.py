@@ -24,7 +24,7 @@ from vidmini.errors import DeviceOutOfMemory, UsageError
 from vidmini.memory import Recorder
 from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
-from vidmini.model.preprocess import normalize, pixel_stats
+from vidmini.model.preprocess import PixelBuffer, normalize, pixel_stats
 from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
 from vidmini.reduce.prefusion import encode_frames_reduced
 from vidmini.video.frames import FrameBatch, FrameGeometry
@@ -235,10 +235,9 @@ class Engine:
         prompts = [self.prompt_ids(q) for q in questions]
         encoded = Encoded(buffer, None, questions, prompts, {}, ranges)
         self.frames.start(encoded, self.device, self.dtype)
-        # On the CPU, the float pixels of every batch go to one buffer kept for the pass: a new one per batch is
-        # fresh memory from the kernel each time (43 MB for 32 frames, above malloc's mmap threshold), and its page
-        # faults cost 3x the normalization itself. CUDA's caching allocator reuses memory by itself.
-        scratch = [] if self.device.type == "cpu" else None
+        # On the CPU the float pixels of every batch go to one buffer kept for the pass (see PixelBuffer); CUDA's
+        # caching allocator reuses memory by itself.
+        scratch = PixelBuffer(self.device) if self.device.type == "cpu" else None
         for batch in self._timed(batches):
             first = buffer.count
             for frame_tokens, text in self._encoded(batch.frames, encoded, scratch):
@@ -260,19 +259,14 @@ class Engine:
                 return
             yield batch
 
-    def _encoded(self, frames, encoded: Encoded, scratch: list | None = None):
-        """(frame tokens [b, K, H], text [b, S_text, H] or None) for the batch, in pieces small enough to fit.
-        scratch: [] or [float32 tensor] holding the pass's pixel buffer (grown when a batch needs more), or None."""
+    def _encoded(self, frames, encoded: Encoded, scratch: PixelBuffer | None = None):
+        """(frame tokens [b, K, H], text [b, S_text, H] or None) for the batch, in pieces small enough to fit."""
         pixels = torch.from_numpy(frames).to(self.device)  # [B, S, S, 3] uint8: 4x less to move than floats
         lo = 0
         while lo < len(pixels):
             size = min(self.batch_size, len(pixels) - lo)
             piece = pixels[lo : lo + size]
-            out = None
-            if scratch is not None:
-                if not scratch or scratch[0].numel() < piece.numel():
-                    scratch[:] = [torch.empty(piece.numel(), dtype=torch.float32, device=self.device)]
-                out = scratch[0]
+            out = scratch.take(piece.numel()) if scratch is not None else None
             try:
                 result = self.frames.encode(piece, self.stats, encoded, self.recorder, out)
             except torch.OutOfMemoryError:
