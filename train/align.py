@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import random
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.common import LossLog, load, save, setup_threads
+from train.common import LossLog, load, produced, save, setup_threads
 from train.data import HEADS, frame_labels, render_clip
 from train.model import build_model, export, ours
 from vidmini.demo.clips import needle_video, sequence_clip, still_clip
@@ -55,16 +54,17 @@ def sample(rng: random.Random, mix: dict[str, float]):
 
 
 def training_clip(seed: int, mix: dict[str, float], at: tuple[int, int]):
-    """(kind, timeline, questions, frames [T, 336, 336, 3], frames for the attribute loss) of clip k of step s:
-    a function of (seed, s, k) only, so a resumed run sees the same clips."""
+    """(kind, timeline, questions, frame times at 1 fps, frames [T, 336, 336, 3], frames for the attribute loss)
+    of clip k of step s: a function of (seed, s, k) only, so a resumed run sees the same clips."""
     step, k = at
     rng = random.Random(seed * 1_000_003 + step * 97 + k)
     kind, tl, qas = sample(rng, mix)
+    times = [i + 0.5 for i in range(int(tl.duration))]
     if not qas:
-        return kind, tl, qas, None, []
-    frames = render_clip(tl, [i + 0.5 for i in range(int(tl.duration))], rng)
+        return kind, tl, qas, times, None, []
+    frames = render_clip(tl, times, rng)
     pick = sorted(rng.sample(range(len(frames)), min(4, len(frames))))  # a few frames are enough
-    return kind, tl, qas, frames, pick
+    return kind, tl, qas, times, frames, pick
 
 
 def aux_loss(model, heads, pixels: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -233,11 +233,8 @@ def main(argv=None) -> None:
     losses, keeps, hits = [], [], {}
     prefix_ids = build_prompt_ids(tokenizer, "?")
     prefix = PrefixCache(model, prefix_ids[: prefix_ids.index(IMAGE_TOKEN_INDEX)])
-    # Rendering a clip is a good part of a step: a worker process renders the next clips on the other core.
-    pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=setup_threads) if args.workers else None
     make = functools.partial(training_clip, args.seed, mix)
-    order = ((s, k) for s in range(step, args.steps) for k in range(args.accumulate))
-    clips = pool.imap(make, order) if pool else map(make, order)
+    clips = produced(make, ((s, k) for s in range(step, args.steps) for k in range(args.accumulate)), args.workers)
     while step < args.steps:
         scale = min(1.0, (step + 1) / 30) * (0.15 + 0.85 * (1 - step / args.steps))
         for group, lr in zip(opt.param_groups, base):
@@ -245,16 +242,14 @@ def main(argv=None) -> None:
         t0 = time.monotonic()
         opt.zero_grad()
         for k in range(args.accumulate):
-            kind, tl, qas, frames, pick = next(clips)
+            kind, tl, qas, times, frames, pick = next(clips)
             if not qas:
                 continue
-            times = [i + 0.5 for i in range(int(tl.duration))]
             words = word_targets(model, tokenizer, tl, times) if args.words > 0 else None
             loss, keep, right = clip_loss(model, tokenizer, frames, qas, table, prefix, words)
             labels = {k: torch.tensor([frame_labels(tl, times[i])[k] for i in pick]) for k in HEADS}
-            aux = None if args.follow else aux_loss(model, heads, normalize(torch.from_numpy(frames[pick]), table), labels)
-            if args.follow:
-                aux = torch.zeros(())
+            aux = torch.zeros(()) if args.follow else \
+                aux_loss(model, heads, normalize(torch.from_numpy(frames[pick]), table), labels)
             ((loss + args.keep * keep + args.aux * aux) / args.accumulate).backward()
             keeps.append(keep.item())
             losses.append(loss.item())

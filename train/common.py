@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -14,6 +16,15 @@ def setup_threads(n: int | None = None) -> None:
     # The training machine is shared: one thread unless told otherwise. Measured under load (nice 10): a 512x512
     # matmul ran at 7.2 GFLOP/s on 1 thread and 2.5 on 2 (OpenMP barriers wait on descheduled threads).
     torch.set_num_threads(n or int(os.environ.get("VIDMINI_TRAIN_THREADS", "1")))
+
+
+def produced(make: Callable, items: Iterable, workers: int) -> Iterator:
+    """make(item) for each item, in order: made ahead by `workers` processes (rendering and encoding the data is
+    about half a step; a worker does it on the other core), or here when workers is 0."""
+    if not workers:
+        return map(make, items)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=setup_threads)
+    return pool.imap(make, items)
 
 
 def save(path: Path, **state) -> None:

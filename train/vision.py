@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig
 
-from train.common import LossLog, load, save, setup_threads
+from train.common import LossLog, load, produced, save, setup_threads
 from train.data import HEADS, PATCH_KINDS, frame_labels, patch_labels, render_clip
 from vidmini.demo.world import COLOUR_NAMES
 from vidmini.demo.clips import still_clip
@@ -131,8 +131,8 @@ def batch(rng: random.Random, size: int, table: torch.Tensor, patch: int = 42, c
             c, k = patch_labels(clip, t, masks[0], patch)
             colours.append(c)
             kinds.append(k)
-    pixels = normalize(torch.from_numpy(__import__("numpy").stack(frames)), table)  # [B, 3, 336, 336]
-    dense = torch.from_numpy(__import__("numpy").stack(colours)), torch.from_numpy(__import__("numpy").stack(kinds))
+    pixels = normalize(torch.from_numpy(np.stack(frames)), table)  # [B, 3, 336, 336]
+    dense = torch.from_numpy(np.stack(colours)), torch.from_numpy(np.stack(kinds))
     return pixels, {k: torch.tensor([l[k] for l in labels]) for k in HEADS}, dense  # dense: [B, 64] each
 
 
@@ -177,10 +177,8 @@ def main(argv=None) -> None:
     log = LossLog(out / "log.jsonl")
     seen: dict[str, list[float]] = {k: [] for k in HEADS}  # + "patch_id": identity accuracy on item patches
     losses: list[float] = []
-    # Rendering and encoding frames is half a step: a worker process makes the next batches on the other core.
-    pool = multiprocessing.get_context("spawn").Pool(args.workers, initializer=setup_threads) if args.workers else None
     make = functools.partial(step_batch, args.seed, args.batch, table, clean_until=args.clean_until)
-    batches = pool.imap(make, range(step, args.steps)) if pool else map(make, range(step, args.steps))
+    batches = produced(make, range(step, args.steps), args.workers)
     while step < args.steps:
         lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / args.steps))
         for group in opt.param_groups:
