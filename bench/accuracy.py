@@ -37,13 +37,11 @@ from vidmini.demo.video import write_video  # noqa: E402
 LOOKS = [(336, 336, 20), (320, 240, 28), (224, 224, 32), (480, 270, 23), (160, 160, 26)]  # width, height, crf
 
 
-MODEL = "demo"  # --model: the shipped demo weights, or a candidate folder of the same layout (train/ exports)
-
-
-def load_demo():
+def load_demo(model_id: str):
+    """model_id: "demo" (the shipped weights) or a candidate folder of the same layout (train/align.py's export)."""
     from vidmini.model.loading import LoadOptions, load_model
 
-    return load_model(LoadOptions(model=MODEL, device="cpu"))
+    return load_model(LoadOptions(model=model_id, device="cpu"))
 
 
 def clip_questions(tl, rng: random.Random, kinds: list[str]):
@@ -89,7 +87,7 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict
             "examples": examples}
 
 
-def part_needle(lengths: list[int], positions: list[float], work: Path, seed: int = 500) -> list[dict]:
+def part_needle(lengths: list[int], positions: list[float], work: Path, model_id: str, seed: int = 500) -> list[dict]:
     rows = []
     for li, length in enumerate(lengths):
         for pi, pos in enumerate(positions):
@@ -100,7 +98,7 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, seed: in
             t0 = time.monotonic()
             write_video(tl, path, fps=1.0, width=128, height=128, crf=26)
             made = time.monotonic() - t0
-            cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", MODEL, "--json",
+            cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", model_id, "--json",
                    "--no-cache", "--max-new-tokens", "16"]
             t0 = time.monotonic()
             threads = os.environ.get("VIDMINI_BENCH_THREADS", "2")
@@ -178,8 +176,6 @@ def main(argv=None) -> None:
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the JSON reports of runs made in parallel (e.g. one per needle length) into OUT")
     args = parser.parse_args(argv)
-    global MODEL
-    MODEL = args.model
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         report = {k: v for part in parts for k, v in part.items() if k != "needle"}
@@ -194,7 +190,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        model, tokenizer = load_demo()
+        model, tokenizer = load_demo(args.model)
         report["load_s"] = round(time.monotonic() - t0, 1)
         report["decode_tokens_per_s"] = round(decode_speed(model, tokenizer), 1)
         print(f"decode: {report['decode_tokens_per_s']} tokens/s", flush=True)
@@ -204,7 +200,7 @@ def main(argv=None) -> None:
         del model
         lengths = [int(x) for x in args.needle_lengths.split(",") if x]
         positions = [float(x) for x in args.needle_positions.split(",") if x]
-        report["needle"] = part_needle(lengths, positions, work) if lengths else []
+        report["needle"] = part_needle(lengths, positions, work, args.model) if lengths else []
     write_report(report, args.out)
 
 
