@@ -260,7 +260,7 @@ def test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line(cli, tin
                                                                         monkeypatch):
     import errno
 
-    import vidmini.summarize as summarize
+    import vidmini.report as report
 
     out = tmp_path / "r.jsonl"
     code, _, err = cli("summarize", folder / "a.mp4", "--out", out, "--model", tiny_checkpoint, "--quiet")
@@ -278,18 +278,18 @@ def test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line(cli, tin
         started.append(fd)
         return real_write(fd, bytes(data[: len(data) // 2]))
 
-    monkeypatch.setattr(summarize.os, "write", disk_full)
+    monkeypatch.setattr(report.os, "write", disk_full)
     code, _, err = cli("summarize", folder, "--out", out, "--model", tiny_checkpoint, "--quiet")
     assert code == 1 and one_line(err).startswith(f"vidmini: error: cannot write the report {out}: No space left"), (err, out.read_text())
     assert "unexpected" not in err and "Traceback" not in err
     assert out.read_bytes() == before  # no torn line: the earlier record is intact and alone
-    monkeypatch.setattr(summarize.os, "write", real_write)
+    monkeypatch.setattr(report.os, "write", real_write)
     code, _, err = cli("summarize", folder, "--out", out, "--model", tiny_checkpoint, "--quiet")
     assert code == 0 and len(out.read_text().splitlines()) == 2  # the rerun resumes with the one not written
 
 
 def test_a_record_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
-    from vidmini.summarize import Report
+    from vidmini.report import Report
 
     out = tmp_path / "r.jsonl"
     out.write_text('{"path": "/a.mp4", "prompt_key": "k", "error": null}\n{"path": "/b.mp4", "prom')  # killed

@@ -314,7 +314,8 @@ def summarize(
     One process writes a report at a time: a second summarize on the same --out exits 2 at once.
     """
     from vidmini.outputs import check_summarize_outputs, report_lock
-    from vidmini.summarize import SummarizeOptions, run_summarize, summary_line, write_markdown
+    from vidmini.report import write_markdown
+    from vidmini.summarize import SummarizeOptions, run_summarize, summary_line
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     if not paths:
