@@ -255,6 +255,21 @@ def test_a_memory_plot_we_wrote_is_recognised_as_ours(tmp_path):
     assert is_our_plot(plot) and is_our_plot(tmp_path / "missing.png")
 
 
+def test_a_large_snapshot_is_recognised_whatever_block_its_key_falls_in(tmp_path):
+    """The snapshot's "device_traces" key follows every memory segment: it can be 100 MB in, possibly across two of the
+    blocks the check reads."""
+    from vidmini.outputs import is_our_snapshot
+
+    block = 8 * 1024**2
+    for at in (block - 5, 9 * block + 100):  # across a block boundary; 72 MB in
+        snapshot = tmp_path / f"at{at}.pickle"
+        snapshot.write_bytes(b"\x80" + b"s" * (at - 1) + b"device_traces" + b"t" * 100)
+        assert is_our_snapshot(snapshot), at
+    other = tmp_path / "other.pickle"
+    other.write_bytes(b"\x80" + b"s" * (2 * block))
+    assert not is_our_snapshot(other)
+
+
 # ---- a disk that fills up mid-run ------------------------------------------------------------------------------
 def test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line(cli, tiny_checkpoint, folder, tmp_path,
                                                                         monkeypatch):

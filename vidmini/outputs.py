@@ -100,13 +100,24 @@ def is_our_plot(path: Path) -> bool:
 
 def is_our_snapshot(path: Path) -> bool:
     """True for a missing or empty file and for a CUDA allocator snapshot (a pickle holding "device_traces").
-    Judged by bytes, never by unpickling a file we did not write."""
+    Judged by bytes, never by unpickling a file we did not write. The key follows every memory segment, so a
+    large snapshot is read through (in blocks) rather than judged by its head."""
+    key, block = b"device_traces", 8 * 1024**2
     try:
         with open(path, "rb") as f:
-            data = f.read(64 * 1024**2)
+            data = f.read(block)
+            if not data:
+                return True
+            if data[:1] != b"\x80":
+                return False
+            while data:
+                if key in data:
+                    return True
+                more = f.read(block)
+                data = data[-len(key):] + more if more else b""  # the key may straddle two blocks
     except FileNotFoundError:
         return True
-    return not data or (data[:1] == b"\x80" and b"device_traces" in data)
+    return False
 
 
 def check_memory_outputs(plot: Path | None, snapshot: Path | None) -> None:
