@@ -47,14 +47,6 @@ def pick_dtype(dtype: str, device: str):
     return names[dtype]
 
 
-def _names_llm_source(folder: str) -> bool:
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            return "llm_source" in json.load(f)
-    except (OSError, ValueError):
-        return False
-
-
 def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     """A local folder holding the checkpoint: the path itself, `demo` (the small model shipped with vidmini), or the
     Hub snapshot (downloaded when allowed). weights=False fetches the configs and tokenizer only (for plans that
@@ -66,7 +58,7 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a model checkpoint?")
-        if _names_llm_source(model_id) and not glob.glob(os.path.join(model_id, "tokenizer*")):
+        if "llm_source" in _config(model_id) and not glob.glob(os.path.join(model_id, "tokenizer*")):
             from vidmini.demo.checkpoint import resolve_demo  # a demo-layout folder (train/ exports one)
 
             return resolve_demo(Path(model_id))
@@ -117,15 +109,17 @@ def quantization_config(quantize: str, dtype):
     raise ModelLoadError(f"unknown --quantize {quantize!r}; use none, 8bit or 4bit")
 
 
-def model_type(path: str) -> str:
-    """The checkpoint's `model_type` (config.json), which picks the classes that load it."""
-    import json
-
+def _config(path: str) -> dict:
     try:
         with open(os.path.join(path, "config.json")) as f:
-            return str(json.load(f).get("model_type", ""))
+            return json.load(f)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{path}/config.json cannot be read: {err}")
+
+
+def model_type(path: str) -> str:
+    """The checkpoint's `model_type` (config.json), which picks the classes that load it."""
+    return str(_config(path).get("model_type", ""))
 
 
 def load_model(options: LoadOptions):
