@@ -1,4 +1,5 @@
-"""The demo model's configuration: LLaVA-Mini around SmolLM2-135M-Instruct, with a small ViT trained from scratch.
+"""The demo model's configuration: LLaVA-Mini around SmolLM2-135M-Instruct, with a small convolutional
+vision tower trained from scratch.
 
 Sizes are config-driven (LlavaMiniConfig's vision_config, compressor_* and prefusion_layer_num keys); the LLM's
 own keys are copied from the GGUF's config, so the pre-fusion layers are LlamaDecoderLayers of the LLM's shape.
@@ -18,7 +19,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @dataclass(frozen=True)
 class DemoSize:
     image_size: int = 336  # the pipeline's frame size (vidmini/video/frames.py SIZE)
-    patch_size: int = 42  # 8x8 = 64 patches: cheap to encode and to fuse, large enough for a word's letters
+    pool: int = 2  # the frame is read at 168 px: glyphs stay legible, and training data is 4x smaller
+    stem_channels: tuple[int, ...] = (32, 64, 128)  # stride-2 3x3 convolutions: 168 -> 84 -> 42 -> 21
+    patch_size: int = 48  # one feature per 48 input pixels: a 7x7 grid (49 features), cheap for pre-fusion
+    grid_convs: int = 2  # 3x3 convolutions on the 7x7 grid: each cell then sees a whole digit
     vision_hidden: int = 128
     vision_intermediate: int = 512
     vision_layers: int = 4
@@ -28,10 +32,14 @@ class DemoSize:
 
 
 def vision_config(size: DemoSize) -> dict:
-    return dict(model_type="clip_vision_model", hidden_size=size.vision_hidden,
+    """vidmini/model/conv_vision.py's config."""
+    from vidmini.model.conv_vision import MODEL_TYPE
+
+    return dict(model_type=MODEL_TYPE, image_size=size.image_size, pool=size.pool,
+                stem_channels=list(size.stem_channels), grid_convs=size.grid_convs,
+                patch_size=size.patch_size, hidden_size=size.vision_hidden,
                 intermediate_size=size.vision_intermediate, num_hidden_layers=size.vision_layers,
-                num_attention_heads=size.vision_heads, image_size=size.image_size, patch_size=size.patch_size,
-                hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3)
+                num_attention_heads=size.vision_heads)
 
 
 def build_demo_config(llm_config, size: DemoSize = DemoSize()):
@@ -44,7 +52,7 @@ def build_demo_config(llm_config, size: DemoSize = DemoSize()):
         llm.pop(key, None)
     return LlavaMiniConfig(
         **llm,
-        mm_vision_tower="demo-vit",  # trained from scratch; its weights are in the checkpoint
+        mm_vision_tower="demo-conv",  # trained from scratch; its weights are in the checkpoint
         mm_vision_select_layer=-1,  # every layer of the small ViT (the 8B model skips CLIP's last)
         mm_hidden_size=size.vision_hidden, compressor_dim=size.vision_hidden,
         compressor_heads=size.compressor_heads, compressor_size=1, prefusion_layer_num=size.prefusion_layers,

@@ -35,7 +35,13 @@ def load_font(path: str | None, size: int) -> ImageFont.ImageFont:
     return ImageFont.truetype(path, size=size)
 
 
-def jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 18) -> tuple[int, int, int]:
+# How far a drawn colour strays from its named RGB, per channel. Training data raises it (train/pool.py) so that the
+# model learns colour names, not eight exact values.
+COLOUR_JITTER = 18
+
+
+def jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int | None = None) -> tuple[int, int, int]:
+    amount = COLOUR_JITTER if amount is None else amount
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
 
 

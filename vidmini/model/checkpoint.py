@@ -83,7 +83,8 @@ def weight_names(name_or_path) -> set[str] | None:
 
 def tower_in_checkpoint(name_or_path) -> bool:
     names = weight_names(name_or_path)
-    return names is None or any(n.startswith(TOWER_PREFIX) for n in names)
+    # "model.vision_tower.": a CLIP tower's keys or any other tower's (the demo's convolutional one)
+    return names is None or any(n.startswith("model.vision_tower.") for n in names)
 
 
 def expected_missing(name_or_path, config) -> list[str]:

@@ -22,6 +22,8 @@ from transformers.models.llama.modeling_llama import (
 from vidmini import capacity
 from vidmini.model.checkpoint import TOWER_KEYS_PATTERN, expected_missing, finish_loading, prepare_config
 from vidmini.model.compressor import Compressor
+from vidmini.model.conv_vision import MODEL_TYPE as CONV_MODEL_TYPE
+from vidmini.model.conv_vision import ConvVisionTower
 from vidmini.model.config import LlavaMiniConfig
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout, additive_mask, run_prefusion
 from vidmini.model.projector import build_projector
@@ -38,8 +40,7 @@ class LlavaMiniModel(LlamaModel):
         super().__init__(config)
         if config.vision_config is None:
             raise ValueError("LlavaMiniConfig.vision_config is unset: load through from_pretrained, which resolves it")
-        vision_config = CLIPVisionConfig.from_dict(dict(config.vision_config))
-        self.vision_tower = VisionTower(vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature)
+        self.vision_tower = build_vision_tower(config)
         self.compressor = Compressor(config.compressor_size, config.compressor_dim, config.compressor_heads)
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         self.prefusion_layers = nn.ModuleList(
@@ -201,6 +202,15 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         if eos is None:
             eos = self.config.eos_token_id
         return set([eos] if isinstance(eos, int) else (eos or []))
+
+
+def build_vision_tower(config: LlavaMiniConfig) -> nn.Module:
+    """CLIP (the released model) or the small convolutional tower (the demo), by the vision config's model_type."""
+    vision = dict(config.vision_config)
+    if vision.get("model_type") == CONV_MODEL_TYPE:
+        return ConvVisionTower(vision)
+    return VisionTower(CLIPVisionConfig.from_dict(vision), config.mm_vision_select_layer,
+                       config.mm_vision_select_feature)
 
 
 def stitch_parts(parts: torch.Tensor, ratio: int) -> torch.Tensor:
