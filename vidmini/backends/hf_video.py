@@ -36,11 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from vidmini import capacity
+from vidmini.backends import FAMILIES
 from vidmini.errors import ModelLoadError, UsageError
 from vidmini.reduce.visionzip import layer_signals, select_and_merge
 from vidmini.video.frames import FrameGeometry
-
-FAMILIES = ("llava_next_video", "llava_onevision")
 
 
 @dataclass(frozen=True)
