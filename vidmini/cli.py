@@ -24,10 +24,10 @@ app = typer.Typer(
     name="vidmini",
     help="Ask questions about hours-long videos on one GPU. LLaVA-Mini turns each frame (1 per second by default) "
     "into one vision token, so a 3-hour video is 10,800 tokens.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: bash, zsh, fish (and _VIDMINI_COMPLETE)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # click's plain help: rich's tables cut option names at 80 columns and eat [brackets]
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 _state = {"debug": False}
@@ -468,11 +468,23 @@ def main(argv: list[str] | None = None) -> int:
     from vidmini import signals
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    _accept_click_completion_names()
     restore = signals.install()  # SIGTERM takes Ctrl-C's path (cleanup, one line), exit 143
     try:
         return _main(argv)
     finally:
         restore()
+
+
+COMPLETE_VAR = "_VIDMINI_COMPLETE"
+
+
+def _accept_click_completion_names() -> None:
+    """click documents `_VIDMINI_COMPLETE=bash_source vidmini`; typer's completion (--install-completion,
+    --show-completion) spells it source_bash. Both work."""
+    shell, _, action = os.environ.get(COMPLETE_VAR, "").partition("_")
+    if action in ("source", "complete") and shell in ("bash", "zsh", "fish", "powershell", "pwsh"):
+        os.environ[COMPLETE_VAR] = f"{action}_{shell}"
 
 
 def _interrupted(argv: list[str], cause: BaseException | None) -> int:
@@ -484,7 +496,7 @@ def _interrupted(argv: list[str], cause: BaseException | None) -> int:
 
 def _main(argv: list[str]) -> int:
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=argv, prog_name="vidmini", standalone_mode=False)  # the name completion keys on
         if result == errors.INTERRUPTED:  # typer swallows Ctrl-C and returns 130
             return _interrupted(argv, None)
         return result if isinstance(result, int) else 0
