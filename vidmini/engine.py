@@ -25,7 +25,7 @@ from vidmini.memory import Recorder
 from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
 from vidmini.model.preprocess import PixelBuffer, normalize, pixel_stats
-from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids, role_header_ids
+from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids, role_header_ids, without_role_header
 from vidmini.reduce.prefusion import encode_frames_reduced
 from vidmini.video.frames import FrameBatch, FrameGeometry
 
@@ -354,14 +354,9 @@ class Engine:
             self.measured_kv_bytes_per_token = allocated // positions
 
     def answer_tokens(self, tokens: list[int]) -> list[int] | None:
-        """The answer's tokens without the role header the model may write first (prompt.role_header_ids); None
-        while the tokens so far are still a beginning of that header (a streamer holds them back)."""
-        header = self.role_header
-        if header and tokens[: len(header)] == header:
-            return tokens[len(header) :]
-        if header and len(tokens) < len(header) and tokens == header[: len(tokens)]:
-            return None
-        return tokens
+        """The answer's tokens without the role header the model may write first; None while they may still be
+        that header (prompt.without_role_header)."""
+        return without_role_header(tokens, self.role_header)
 
     def decode_text(self, tokens: list[int]) -> str:
         visible = self.answer_tokens(tokens)

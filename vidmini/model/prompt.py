@@ -60,3 +60,13 @@ def role_header_ids(tokenizer) -> list[int]:
         header = full[len(bare):].rstrip() if full.startswith(bare) else ""
         return tokenizer(header, add_special_tokens=False).input_ids if header else []
     return []
+
+
+def without_role_header(tokens: list[int], header: list[int]) -> list[int] | None:
+    """`tokens` without the role header (role_header_ids) they start with; None while they are still a beginning
+    of it (a streamer waits for the next token)."""
+    if header and tokens[: len(header)] == header:
+        return tokens[len(header) :]
+    if header and len(tokens) < len(header) and tokens == header[: len(tokens)]:
+        return None
+    return tokens
