@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 
 import pytest
 
@@ -131,3 +132,22 @@ def test_a_folder_exported_by_training_loads_like_demo(tmp_path):
         assert Path(locate_checkpoint("demo")) != folder
     finally:
         shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf is not installed")
+@needs_llm
+def test_the_first_load_says_what_it_prepares_and_draws_no_raw_bar(tmp_path, capsys):
+    """One line: what is converted, where to, how big; transformers' per-tensor tqdm bar stays off stderr."""
+    from tqdm.auto import tqdm
+
+    from vidmini.demo.checkpoint import gguf_path, preparing
+
+    target = tmp_path / "demo-llm" / "x"
+    with preparing(gguf_path(), target):
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Converting" not in err
+    (line,) = err.splitlines()
+    mb = [int(n) for n in re.findall(r"(\d+) MB", line)]
+    assert gguf_path().name in line and str(target) in line and len(mb) == 2 and mb[1] > mb[0] > 0
