@@ -741,7 +741,8 @@ def test_a_huge_batch_size_never_costs_frames(cli, tiny_checkpoint):
 
 
 @pytest.mark.parametrize("args", [["--start", "100"], ["--start", "5", "--end", "2"], ["--end", "0"],
-                                  ["--fps", "nan"], ["--start", "inf"], ["--temperature", "nan"]])
+                                  ["--fps", "nan"], ["--start", "inf"], ["--temperature", "nan"],
+                                  ["--seed", str(2**64)], ["--decode-workers", "100000"]])
 def test_ranges_and_numbers_are_checked_before_the_model(cli, tmp_path, args):
     out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "no-model-here", *args)
     assert out.code == 2, out.stderr  # not 4: the model was never looked at
@@ -915,3 +916,19 @@ def test_shell_completion_as_typer_offers_it(cli, monkeypatch, shell):
     monkeypatch.setenv("COMP_WORDS", "vidmini summ")
     monkeypatch.setenv("COMP_CWORD", "1")
     assert cli().stdout.split() == ["summarize"]
+
+
+def test_a_chapter_shorter_than_a_frame_is_refused_before_any_work(cli, tiny_checkpoint, folder, tmp_path):
+    out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl", extra=["--chapter-minutes", "1e-9"]))
+    assert out.code == 2 and "give at least 0.01667" in one_line(out.stderr)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_chapters_never_outnumber_the_frames():
+    import numpy as np
+
+    from vidmini.summarize import chapter_ranges
+
+    times = np.arange(3600) + 0.5  # 1 h at 1 fps
+    chapters = chapter_ranges(times, 3600.0, 1e-12)  # 3.6e15 chapters of 60 ps: one per frame, made in a blink
+    assert len(chapters) == 3600 and chapters[7][:2] == (7, 8)

@@ -88,6 +88,22 @@ def _check_range(start: float | None, end: float | None) -> None:
         raise errors.UsageError(f"--end {end:g} is not after --start {start:g}; give a range that holds some video")
 
 
+def _check_workers(decode_workers: int) -> None:
+    """One decoder thread per segment: more threads than cores gain nothing and each opens the file again."""
+    cores = os.cpu_count() or 1
+    if decode_workers > cores:
+        raise errors.UsageError(f"--decode-workers {decode_workers}: this machine has {cores} CPU cores; give at "
+                                f"most {cores}")
+
+
+def _check_chapters(chapter_minutes: float | None, fps: float) -> None:
+    """A chapter shorter than the time between two sampled frames would hold no frame: each is a question to
+    answer and a sum kept on the device, so a tiny value must not become thousands of them."""
+    if chapter_minutes and chapter_minutes * 60 < 1 / fps:
+        raise errors.UsageError(f"--chapter-minutes {chapter_minutes:g} is shorter than the {1 / fps:g} s between two "
+                                f"frames at --fps {fps:g}; give at least {1 / fps / 60:.4g} (or 0 for none)")
+
+
 FpsOpt = typer.Option(1.0, "--fps", help="Frames sampled per second of video.", min=0.001, callback=_finite)
 MaxFramesOpt = typer.Option(None, "--max-frames", help="Cap the number of frames, spread over the whole video.", min=1)
 DecoderOpt = typer.Option(DecoderChoice.auto, "--decoder", help="auto picks per file and falls back.")
@@ -217,7 +233,7 @@ def ask(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, callback=_finite, help="0 = greedy (the reference's setting)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, callback=_finite, help="Nucleus sampling (with --temperature > 0)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=-(2**63), max=2**64 - 1, help="Seed for sampling."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the decoded-frame cache."),
     vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
     tokens_per_frame: Optional[int] = typer.Option(None, "--tokens-per-frame", min=1, help="LLaVA-NeXT-Video / LLaVA-OneVision: keep K tokens per frame by VisionZip (default: all of the model's own)."),
@@ -240,6 +256,7 @@ def ask(
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     _check_range(start, end)
+    _check_workers(decode_workers)
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
     if dry_run:
         from vidmini.memory_report import dry_run as plan_run
@@ -263,10 +280,10 @@ def ask(
     check_checkpoint(model)
     from vidmini.ask import TextStreamer, run_ask
     from vidmini.memory import Recorder
-    from vidmini.model.loading import LoadOptions, check_answer_length, load_model, pick_device
+    from vidmini.model.loading import LoadOptions, check_before_load, load_model, pick_device
 
     load = LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame)
-    check_answer_length(load, max_new_tokens)  # from the config, before the weights
+    check_before_load(load, max_new_tokens, prefusion_tokens)  # from the config, before the weights
     if memory_snapshot is not None:
         from vidmini.memory_report import start_snapshot
 
@@ -354,6 +371,7 @@ def summarize(
         check_options(devices, device)  # Ray missing, --devices or cuda:N: one line, exit 2
     elif workers is not None:
         raise errors.UsageError("--workers goes with --ray (--devices starts one worker per device)")
+    _check_chapters(chapter_minutes, fps)
     check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
     _check_summarize_inputs(paths)
     from vidmini.checkpoint_files import check_checkpoint
@@ -368,12 +386,12 @@ def summarize(
         batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs)
     with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
         from vidmini.engine import EngineOptions, build_engine
-        from vidmini.model.loading import LoadOptions, check_answer_length
+        from vidmini.model.loading import LoadOptions, check_before_load
 
         engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
         if ray_address is None:  # Ray workers size their answers on their own nodes
             for d in (devices.split(",") if devices else [device]):
-                check_answer_length(LoadOptions(model, d.strip() or device, dtype, quantize), max_new_tokens)
+                check_before_load(LoadOptions(model, d.strip() or device, dtype, quantize), max_new_tokens)
         if ray_address is not None:
             from vidmini.scale.ray import RaySettings, run_on_ray
 

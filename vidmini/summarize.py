@@ -189,12 +189,13 @@ def chapter_ranges(times_s, duration_s: float, minutes: float | None) -> list[tu
         return []
     length = minutes * 60
     count = max(1, int(np.ceil(duration_s / length - 1e-9)))
-    edges = np.searchsorted(times_s, np.arange(count + 1) * length)
+    # Each frame's chapter, from the frames (sorted in time): never a loop or an array over empty chapters, so a
+    # tiny --chapter-minutes costs at most one chapter per frame.
+    chapter = np.minimum(np.floor(np.asarray(times_s) / length).astype(np.int64), count - 1)
     out = []
-    for k in range(count):
-        lo, hi = int(edges[k]), int(edges[k + 1]) if k + 1 < count else len(times_s)
-        if hi > lo:
-            out.append((lo, hi, k * length, min(duration_s, (k + 1) * length)))
+    for k in np.unique(chapter):
+        lo, hi = np.searchsorted(chapter, [k, k + 1])
+        out.append((int(lo), int(hi), int(k) * length, min(duration_s, (int(k) + 1) * length)))
     return out
 
 

@@ -122,19 +122,28 @@ def config_folder(model_id: str) -> str:
     return model_id if os.path.isdir(model_id) else locate_checkpoint(model_id, weights=False)
 
 
-def check_answer_length(options: LoadOptions, max_new_tokens: int) -> None:
-    """Before the weights load: exit 2 when an answer of `max_new_tokens` cannot fit in the LLM's context (from
-    the config) or in the memory its KV cache needs (capacity.check_answer_room)."""
+def check_before_load(options: LoadOptions, max_new_tokens: int, prefusion_tokens: int | None = None) -> None:
+    """What the config decides about the options, before the weights load (exit 2): an answer of
+    `max_new_tokens` must fit in the LLM's context and in the memory its KV cache needs
+    (capacity.check_answer_room); --tokens-per-frame and --prefusion-tokens must suit the model's family."""
     from vidmini import capacity
 
     folder = config_folder(options.model)
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
-    if model_type(folder) in FAMILIES:
+    family = model_type(folder)
+    if family in FAMILIES:
         from transformers import AutoConfig
 
-        shape = capacity.FrameShape(AutoConfig.from_pretrained(folder).text_config, options.tokens_per_frame or 1,
-                                    {}, 0)
+        from vidmini.backends.hf_video import check_tokens_per_frame, native_tokens_per_frame
+
+        config = AutoConfig.from_pretrained(folder)
+        check_tokens_per_frame(config, family, options.model, options.tokens_per_frame)
+        if prefusion_tokens is not None:
+            raise UsageError(f"--prefusion-tokens is for LLaVA-Mini; {options.model} is {family} "
+                             "(use --tokens-per-frame)")
+        tokens = options.tokens_per_frame or native_tokens_per_frame(config, family)
+        shape = capacity.FrameShape(config.text_config, tokens, {}, 0)
     else:
         from vidmini.model.config import LlavaMiniConfig
 
