@@ -773,7 +773,8 @@ def test_checks_of_paths_locks_and_options_do_not_import_torch(tmp_path, tiny_ch
 
 # URLs are refused, never taken as a path (which lost a slash: "https:/example.com/v.mp4: no such file").
 @pytest.mark.parametrize("args", [["ask", "URL", "What?"], ["probe", "URL"], ["summarize", "URL", "--out", "r.jsonl"],
-                                  ["ask", SAMPLE, "What?", "--model", "URL"]])
+                                  ["ask", SAMPLE, "What?", "--model", "URL"], ["summarize", SAMPLE, "--out", "URL"],
+                                  ["ask", SAMPLE, "What?", "--memory-plot", "URL"]])
 def test_urls_are_refused_as_such(cli, tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
     url = "https://example.com/v.mp4"

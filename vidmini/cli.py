@@ -241,8 +241,8 @@ def ask(
     json_out: bool = JsonOpt,
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
     memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, callback=_finite, help="Seconds between CPU RSS samples with --profile-memory."),
-    memory_snapshot: Optional[Path] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
-    memory_plot: Optional[Path] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
+    memory_snapshot: Optional[str] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
+    memory_plot: Optional[str] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
     max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer questions: each question runs through pre-fusion with every frame, so its length multiplies the work."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -258,6 +258,9 @@ def ask(
     _check_range(start, end)
     _check_workers(decode_workers)
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
+    # Everything a user can get wrong about the input and --model is refused here, before torch is imported.
+    check_input(video, sampling_opts)  # missing, unreadable, not a video, --start/--end outside it
+    check_checkpoint(model)
     if dry_run:
         from vidmini.memory_report import dry_run as plan_run
         from vidmini.memory_report import print_dry_run
@@ -269,15 +272,13 @@ def ask(
     asked = _read_questions(questions or [])
     from vidmini.outputs import check_memory_outputs
 
+    memory_plot, memory_snapshot = _output_path(memory_plot), _output_path(memory_snapshot)
     check_memory_outputs(memory_plot, memory_snapshot)  # before the model loads, not after the work
     if memory_plot is not None:
         from vidmini.memory_report import check_plot_available
 
         check_plot_available()
         profile_memory = True
-    # Everything a user can get wrong about the input and --model is refused here, before torch is imported.
-    check_input(video, sampling_opts)  # missing, unreadable, not a video, --start/--end outside it
-    check_checkpoint(model)
     from vidmini.ask import TextStreamer, run_ask
     from vidmini.memory import Recorder
     from vidmini.model.loading import LoadOptions, check_before_load, load_model, pick_device
@@ -314,8 +315,8 @@ def ask(
 @app.command()
 def summarize(
     paths: Optional[list[str]] = typer.Argument(None, help="Video files and folders.", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="The JSON Lines report (created, or resumed)."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also render the report as Markdown here."),
+    out: str = typer.Option(..., "--out", "-o", help="The JSON Lines report (created, or resumed)."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", help="Also render the report as Markdown here."),
     question: Optional[list[str]] = typer.Option(None, "--question", help="An extra question for every file (repeatable)."),
     chapter_minutes: Optional[float] = typer.Option(
         None, "--chapter-minutes", min=0, callback=_finite, help="Chapter length. Default: 10 min for videos over 20 min, none below; 0 = none."),
@@ -356,6 +357,7 @@ def summarize(
     from vidmini.summarize import SummarizeOptions, run_summarize, summary_line
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
+    out, markdown = _output_path(out), _output_path(markdown)
     if not paths:
         if markdown is None:
             raise errors.UsageError("give video files or folders to summarize (or --markdown to render)")
@@ -386,12 +388,9 @@ def summarize(
         batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs)
     with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
         from vidmini.engine import EngineOptions, build_engine
-        from vidmini.model.loading import LoadOptions, check_before_load
+        from vidmini.model.loading import LoadOptions
 
-        engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
-        if ray_address is None:  # Ray workers size their answers on their own nodes
-            for d in (devices.split(",") if devices else [device]):
-                check_before_load(LoadOptions(model, d.strip() or device, dtype, quantize), max_new_tokens)
+        engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)  # checked by build_engine
         if ray_address is not None:
             from vidmini.scale.ray import RaySettings, run_on_ray
 
@@ -414,6 +413,16 @@ def summarize(
     print(f"vidmini: {summary_line(str(out), done, skipped, failed, earlier_failed)}", file=sys.stderr)
     if failed:
         raise typer.Exit(errors.BAD_INPUT)
+
+
+def _output_path(path: str | None) -> Path | None:
+    """An output option as a Path, once it is known not to be a URL (Path would drop a slash of it)."""
+    from vidmini.paths import check_not_url
+
+    if path is None:
+        return None
+    check_not_url(path, "the path of a local file")
+    return Path(path)
 
 
 def _check_summarize_inputs(paths: list[str]) -> None:

@@ -365,8 +365,9 @@ class Engine:
 
 def build_engine(load, options: EngineOptions, profile_memory: bool = False) -> Engine:
     """Load the model (vidmini.model.loading.LoadOptions) and wrap it in an Engine; the load is timed as a stage."""
-    from vidmini.model.loading import load_model, pick_device
+    from vidmini.model.loading import check_before_load, load_model, pick_device
 
+    check_before_load(load, options.max_new_tokens, options.prefusion_tokens)  # from the config: before the weights
     recorder = Recorder(memory=profile_memory, device=pick_device(load.device))
     with recorder.stage("load"):
         model, tokenizer = load_model(load)
