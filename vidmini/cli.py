@@ -252,14 +252,17 @@ def ask(
     Several questions share one pass over the video. Decoded frames are cached, so asking again is fast.
     """
     from vidmini.checkpoint_files import check_checkpoint
-    from vidmini.sources import Sampling, check_input
+    from vidmini.paths import check_input_file, is_image
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     _check_range(start, end)
     _check_workers(decode_workers)
-    sampling_opts = Sampling(sampling, fps, max_frames, start, end)
     # Everything a user can get wrong about the input and --model is refused here, before torch is imported.
-    check_input(video, sampling_opts)  # missing, unreadable, not a video, --start/--end outside it
+    check_input_file(video, "image file" if is_image(video) else "video file")  # stat() only: in a blink
+    from vidmini.sources import Sampling, check_input
+
+    sampling_opts = Sampling(sampling, fps, max_frames, start, end)
+    check_input(video, sampling_opts)  # not a video, --start/--end outside it
     check_checkpoint(model)
     if dry_run:
         from vidmini.memory_report import dry_run as plan_run

@@ -11,9 +11,14 @@ import stat
 
 from vidmini.errors import BadInput, UsageError
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"))
+
+
+def is_image(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
 def is_url(path: str) -> bool:

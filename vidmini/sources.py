@@ -3,7 +3,6 @@ that yields FrameBatches. Used by `ask`, `summarize` and the dry run; imports no
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -11,12 +10,11 @@ import numpy as np
 
 from vidmini.cache import FrameCache
 from vidmini.capacity import Capacity, available_ram
-from vidmini.paths import check_input_file
+from vidmini.paths import check_input_file, is_image
 from vidmini.video import DecodeReport, FrameBatch, FrameStream, SamplingPlan, StreamOptions, VideoError, VideoInfo
 from vidmini.video import make_plan, probe
 from vidmini.video.frames import FrameGeometry, model_frame
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
@@ -41,10 +39,6 @@ class Source:
     decoder: str = ""
     times_s: np.ndarray | None = None  # planned sample times (video sources)
     cache: FrameCache | None = None
-
-
-def is_image(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
 def check_input(path: str, sampling: Sampling | None = None) -> None:
