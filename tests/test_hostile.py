@@ -846,6 +846,11 @@ def test_a_file_or_an_unsupported_family_as_model_says_what_it_is(cli, tmp_path)
     out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen")
     assert out.code == 4 and "qwen2_5_vl" in one_line(out.stderr)
     assert all(f in out.stderr for f in ("llava_mini_llama", "llava_next_video", "llava_onevision"))
+    (tmp_path / "qwen" / "config.json").write_text("{}")
+    assert "has no model_type" in one_line(cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen").stderr)
+    os.mkfifo(tmp_path / "pipe")
+    out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "pipe")
+    assert out.code == 4 and "is a FIFO (named pipe), not a model folder" in one_line(out.stderr)
 
 
 @pytest.mark.parametrize("question", ["", "  ", "caf\udce9?"])
@@ -853,6 +858,14 @@ def test_summarize_checks_its_questions_like_ask(cli, tiny_checkpoint, folder, t
     out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl", extra=["--question", question]))
     assert out.code == 2 and "question 1 is" in one_line(out.stderr)
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_summarize_holds_its_questions_to_the_length_limit_like_ask(cli, tiny_checkpoint, folder, tmp_path):
+    long = "Describe every colour you see and when it appears " * 12  # ~320 tokens with the tiny tokenizer
+    out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl",
+                              extra=["--question", long, "--max-question-tokens", "100"]))
+    assert out.code == 2 and "over --max-question-tokens 100" in one_line(out.stderr)
+    assert not (tmp_path / "r.jsonl").exists() or records(tmp_path / "r.jsonl") == []
 
 
 def test_summarize_never_takes_its_own_outputs_for_videos(cli, tiny_checkpoint, folder):

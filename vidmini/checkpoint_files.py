@@ -9,7 +9,7 @@ import os
 
 from vidmini.backends import FAMILIES
 from vidmini.errors import ModelLoadError
-from vidmini.paths import check_not_url
+from vidmini.paths import check_not_url, special_kind
 
 LLAVA_MINI = "llava_mini_llama"  # the released checkpoint's model_type (docs/llava-mini.md §4.1)
 SUPPORTED = (LLAVA_MINI, *FAMILIES)
@@ -28,8 +28,9 @@ def model_type(path: str) -> str:
     vidmini cannot run (the LLaVA-Mini classes would fail on it with an error no user could read)."""
     family = str(read_config(path).get("model_type", ""))
     if family not in SUPPORTED:
-        raise ModelLoadError(f"{path} is a {family or 'model without a model_type'} checkpoint; vidmini runs "
-                             f"{', '.join(SUPPORTED)} (LLaVA-Mini, LLaVA-NeXT-Video, LLaVA-OneVision)")
+        what = f"is a {family} checkpoint" if family else "has no model_type in its config.json"
+        raise ModelLoadError(f"{path} {what}; vidmini runs {', '.join(SUPPORTED)} (LLaVA-Mini, LLaVA-NeXT-Video, "
+                             "LLaVA-OneVision)")
     return family
 
 
@@ -40,7 +41,8 @@ def check_checkpoint(model_id: str) -> None:
         return
     check_not_url(model_id, "a Hub id or the path of a model folder")
     if os.path.exists(model_id) and not os.path.isdir(model_id):
-        raise ModelLoadError(f"--model {model_id} is a file, not a model folder (give a Hub id or a folder "
+        kind = special_kind(os.stat(model_id).st_mode) or "a file"
+        raise ModelLoadError(f"--model {model_id} is {kind}, not a model folder (give a Hub id or a folder "
                              "holding config.json)")
     if os.path.isdir(model_id) and os.path.isfile(os.path.join(model_id, "config.json")):
         model_type(model_id)

@@ -342,6 +342,7 @@ def summarize(
     decoder: DecoderChoice = DecoderOpt,
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
+    max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer --question values, as ask does."),
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -388,7 +389,8 @@ def summarize(
     options = SummarizeOptions(
         questions=extra, chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs)
+        batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs,
+        max_question_tokens=max_question_tokens)
     with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
         from vidmini.engine import EngineOptions, build_engine
         from vidmini.model.loading import LoadOptions
@@ -409,7 +411,8 @@ def summarize(
         else:
             load = LoadOptions(model, device, dtype, quantize)
             done, skipped, failed, earlier_failed = run_summarize(
-                lambda: build_engine(load, engine_options, profile_memory), paths, str(out),
+                lambda: build_engine(load, engine_options, profile_memory, extra, options.max_question_tokens), paths,
+                str(out),
                 options, progress=not quiet)
         if markdown is not None:
             write_markdown(str(out), str(markdown))

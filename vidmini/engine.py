@@ -363,12 +363,17 @@ class Engine:
         return self.tokenizer.decode(tokens if visible is None else visible, skip_special_tokens=True).strip()
 
 
-def build_engine(load, options: EngineOptions, profile_memory: bool = False) -> Engine:
-    """Load the model (vidmini.model.loading.LoadOptions) and wrap it in an Engine; the load is timed as a stage."""
+def build_engine(load, options: EngineOptions, profile_memory: bool = False, questions=(),
+                 max_question_tokens: int | None = None) -> Engine:
+    """Load the model (vidmini.model.loading.LoadOptions) and wrap it in an Engine; the load is timed as a stage.
+    `questions` (summarize's --question) are held to `max_question_tokens` as soon as the tokenizer is there, as
+    `ask` holds its own."""
     from vidmini.model.loading import check_before_load, load_model, pick_device
+    from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length
 
     check_before_load(load, options.max_new_tokens, options.prefusion_tokens)  # from the config: before the weights
     recorder = Recorder(memory=profile_memory, device=pick_device(load.device))
     with recorder.stage("load"):
         model, tokenizer = load_model(load)
+    check_length(tokenizer, list(questions), max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS)
     return Engine(model, tokenizer, options, recorder)

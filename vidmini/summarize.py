@@ -47,6 +47,7 @@ class SummarizeOptions:
     profile_memory: bool = False
     model_name: str = ""
     outputs: tuple[str, ...] = ()  # resolved paths of the report, its lock and its Markdown: never inputs
+    max_question_tokens: int | None = None  # --question longer than this is refused (None: ask's default)
 
     def prompt_key(self) -> str:
         """Records made with another prompt, sampling or model are redone."""

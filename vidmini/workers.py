@@ -21,7 +21,7 @@ def _worker(name: str, load, engine_options, profile_memory: bool, options: Summ
 
     torch.set_num_threads(threads)
     try:
-        engine = build_engine(load, engine_options, profile_memory)
+        engine = build_engine(load, engine_options, profile_memory, options.questions, options.max_question_tokens)
     except Exception as err:  # noqa: BLE001  reported by the parent as one line
         results.put(("fatal", name, (exit_code_for(err), f"{load.device}: {first_line(err)}")))
         return
