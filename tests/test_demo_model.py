@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 
 import pytest
 
@@ -137,7 +138,6 @@ def test_a_folder_exported_by_training_loads_like_demo(tmp_path):
 def test_make_demo_asks_a_question_the_demo_model_answers_right(demo):
     """`make demo`, the README's first command, asks the shipped demo model about a sample clip: that answer is
     right (the Makefile's VIDEO and QUESTION, checked against the sample's known answers)."""
-    import re
     from pathlib import Path
 
     from vidmini.demo.questions import QA
@@ -151,3 +151,22 @@ def test_make_demo_asks_a_question_the_demo_model_answers_right(demo):
     assert video == "sample_videos/shapes.mp4" and question in QUESTIONS
     got = ask(demo, root / video, [question], use_cache=False)["answers"][0]["answer"]
     assert QA(question, QUESTIONS[question], "colour_of_shape").check(got), got
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="gguf is not installed")
+@needs_llm
+def test_the_first_load_says_what_it_prepares_and_draws_no_raw_bar(tmp_path, capsys):
+    """One line: what is converted, where to, how big; transformers' per-tensor tqdm bar stays off stderr."""
+    from tqdm.auto import tqdm
+
+    from vidmini.demo.checkpoint import gguf_path, preparing
+
+    target = tmp_path / "demo-llm" / "x"
+    with preparing(gguf_path(), target):
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Converting" not in err
+    (line,) = err.splitlines()
+    mb = [int(n) for n in re.findall(r"(\d+) MB", line)]
+    assert gguf_path().name in line and str(target) in line and len(mb) == 2 and mb[1] > mb[0] > 0

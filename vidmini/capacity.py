@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vidmini.errors import UsageError
 from vidmini.memory import GIB, MB, proc_kib_field
 
 CARDS_GB = (24, 48, 80)  # cards are sold in GiB: a "24 GB" RTX 3090 has 24 GiB
@@ -132,15 +133,46 @@ class Capacity:
     reason: str  # what limits it, in words for the user
 
 
+def answer_room(config, dtype, free: int, prompt_tokens: int) -> tuple[int, str]:
+    """(tokens, what limits them): the longest answer that leaves room for the prompt and one frame, in the LLM's
+    context and in `free` bytes of memory for the token buffer and KV cache."""
+    context = text_config(config).max_position_embeddings
+    by_context = context - prompt_tokens - tokens_per_frame(config)
+    by_memory = (free - bytes_per_frame(config, dtype)) // kv_bytes_per_token(config, dtype) - prompt_tokens
+    if by_memory < by_context:
+        return max(0, int(by_memory)), f"memory for the KV cache: {free / GIB:.1f} GiB free"
+    return max(0, by_context), f"the LLM's context of {context} positions, less the prompt and one frame"
+
+
+def check_answer_room(config, dtype, free: int, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Exit 2 when an answer of `max_new_tokens` cannot fit beside the prompt and one frame, naming the largest
+    that fits: an option must never be a way to exhaust memory, nor leave no frame to answer from."""
+    room, why = answer_room(config, dtype, free, prompt_tokens)
+    if max_new_tokens > room:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} does not fit ({why}); the largest that fits is {room}")
+
+
 def frame_capacity(config, dtype, batch_size: int, free: int, prompt_tokens: int, max_new_tokens: int) -> Capacity:
     """How many frames one job may hold: the LLM's context, and the memory left for the buffer + KV cache once
-    the working set of a vision batch and a reserve are set aside."""
-    context = context_frames(config, prompt_tokens, max_new_tokens)
+    the working set of a vision batch, a reserve and the answer's KV positions are set aside. At least one
+    frame, or exit 2 (check_answer_room)."""
     working = batch_size * working_bytes_per_frame(config, dtype) + RESERVE_BYTES
-    memory = max(1, (free - working) // bytes_per_frame(config, dtype))
+    check_answer_room(config, dtype, free - working, prompt_tokens, max_new_tokens)
+    context = context_frames(config, prompt_tokens, max_new_tokens)
+    answer = (prompt_tokens + max_new_tokens) * kv_bytes_per_token(config, dtype)
+    memory = max(1, (free - working - answer) // bytes_per_frame(config, dtype))
     if memory < context:
         return Capacity(int(memory), "memory left for the token buffer and KV cache")
     return Capacity(int(context), f"the LLM's context ({text_config(config).max_position_embeddings} positions)")
+
+
+def batch_beside(config, dtype, batch_size: int, free: int, frames: int, prompt_tokens: int,
+                 max_new_tokens: int) -> int:
+    """The vision batch, lowered so that `frames` frames and the answer still fit beside its working set: the
+    batch gives way to the frames, never the reverse; and never more than there are frames."""
+    held = frames * bytes_per_frame(config, dtype) + (prompt_tokens + max_new_tokens) * kv_bytes_per_token(config, dtype)
+    room = (free - RESERVE_BYTES - held) // working_bytes_per_frame(config, dtype)
+    return int(max(1, min(batch_size, frames, room)))
 
 
 def expected_peak(weight_bytes: int, frames: int, config, dtype, batch_size: int, max_new_tokens: int) -> int:

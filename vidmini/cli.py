@@ -6,6 +6,8 @@ Heavy imports (torch, transformers) happen inside the commands that need them, s
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import sys
 import time
@@ -22,10 +24,10 @@ app = typer.Typer(
     name="vidmini",
     help="Ask questions about hours-long videos on one GPU. LLaVA-Mini turns each frame (1 per second by default) "
     "into one vision token, so a 3-hour video is 10,800 tokens.",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: bash, zsh, fish (and _VIDMINI_COMPLETE)
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # click's plain help: rich's tables cut option names at 80 columns and eat [brackets]
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 _state = {"debug": False}
@@ -74,12 +76,40 @@ class QuantizeChoice(str, Enum):
     bit4 = "4bit"
 
 
-FpsOpt = typer.Option(1.0, "--fps", help="Frames sampled per second of video.", min=0.001)
+def _finite(value: float | None) -> float | None:
+    """Float options: click's ranges let nan and inf through (every comparison with nan is false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _check_range(start: float | None, end: float | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise errors.UsageError(f"--end {end:g} is not after --start {start:g}; give a range that holds some video")
+
+
+def _check_workers(decode_workers: int) -> None:
+    """One decoder thread per segment: more threads than cores gain nothing and each opens the file again."""
+    cores = os.cpu_count() or 1
+    if decode_workers > cores:
+        raise errors.UsageError(f"--decode-workers {decode_workers}: this machine has {cores} CPU cores; give at "
+                                f"most {cores}")
+
+
+def _check_chapters(chapter_minutes: float | None, fps: float) -> None:
+    """A chapter shorter than the time between two sampled frames would hold no frame: each is a question to
+    answer and a sum kept on the device, so a tiny value must not become thousands of them."""
+    if chapter_minutes and chapter_minutes * 60 < 1 / fps:
+        raise errors.UsageError(f"--chapter-minutes {chapter_minutes:g} is shorter than the {1 / fps:g} s between two "
+                                f"frames at --fps {fps:g}; give at least {1 / fps / 60:.4g} (or 0 for none)")
+
+
+FpsOpt = typer.Option(1.0, "--fps", help="Frames sampled per second of video.", min=0.001, callback=_finite)
 MaxFramesOpt = typer.Option(None, "--max-frames", help="Cap the number of frames, spread over the whole video.", min=1)
 DecoderOpt = typer.Option(DecoderChoice.auto, "--decoder", help="auto picks per file and falls back.")
 SamplingOpt = typer.Option(SamplingChoice.time, "--sampling", help="time: by presentation time; reference: LLaVA-Mini's frame indices.")
-StartOpt = typer.Option(None, "--start", help="Start of the range to sample, in seconds.", min=0)
-EndOpt = typer.Option(None, "--end", help="End of the range to sample, in seconds.", min=0)
+StartOpt = typer.Option(None, "--start", help="Start of the range to sample, in seconds.", min=0, callback=_finite)
+EndOpt = typer.Option(None, "--end", help="End of the range to sample, in seconds.", min=0, callback=_finite)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout, nothing else there.")
 
 
@@ -94,7 +124,7 @@ def _probe_record(path: str, fps: float, max_frames, sampling: str, decoder: str
         backend, why = choose_backend(planned.info, planned.plan, decoder)
         record.update(ok=True, sampled_frames=len(planned.plan), decoder=backend, decoder_reason=why,
                       notes=planned.notes)
-    except (errors.BadInput, OSError) as err:  # one unreadable file must not cost the others their lines
+    except (errors.BadInput, errors.UsageError, OSError) as err:  # one bad file must not cost the others their lines
         record["error"] = errors.first_line(err)
     record.pop("path", None)
     return {"path": path, **record}
@@ -131,7 +161,7 @@ def _probe_table(record: dict):
 
 @app.command()
 def probe(
-    files: list[Path] = typer.Argument(..., help="Video files.", show_default=False),
+    files: list[str] = typer.Argument(..., help="Video files.", show_default=False),
     json_out: bool = JsonOpt,
     fps: float = FpsOpt,
     max_frames: Optional[int] = MaxFramesOpt,
@@ -148,7 +178,7 @@ def probe(
     console = Console()
     all_ok = True
     for path in files:
-        record = _probe_record(str(path), fps, max_frames, sampling, decoder)
+        record = _probe_record(path, fps, max_frames, sampling, decoder)
         all_ok &= record["ok"]
         if json_out:
             print(json.dumps(record), flush=True)
@@ -185,7 +215,7 @@ def _read_questions(questions: list[str]) -> list[str]:
 
 @app.command()
 def ask(
-    video: Path = typer.Argument(..., help="A video file (or an image).", show_default=False),
+    video: str = typer.Argument(..., help="A video file (or an image).", show_default=False),
     questions: Optional[list[str]] = typer.Argument(None, help="One or more questions; read from stdin when none.",
                                                     show_default=False),
     model: str = ModelOpt,
@@ -201,18 +231,18 @@ def ask(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory)."),
     decode_workers: int = typer.Option(1, "--decode-workers", min=1, help="Decode time segments in N parallel threads (PyAV). 1 = one decoder using FFmpeg's own threads, which measured faster on 2 cores."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (the reference's setting)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, callback=_finite, help="0 = greedy (the reference's setting)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, callback=_finite, help="Nucleus sampling (with --temperature > 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=-(2**63), max=2**64 - 1, help="Seed for sampling."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the decoded-frame cache."),
     vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
     tokens_per_frame: Optional[int] = typer.Option(None, "--tokens-per-frame", min=1, help="LLaVA-NeXT-Video / LLaVA-OneVision: keep K tokens per frame by VisionZip (default: all of the model's own)."),
     prefusion_tokens: Optional[int] = typer.Option(None, "--prefusion-tokens", min=1, help="LLaVA-Mini: VisionZip keeps K of the 576 vision tokens for pre-fusion (faster; changes answers; off by default)."),
     json_out: bool = JsonOpt,
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
-    memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, help="Seconds between CPU RSS samples with --profile-memory."),
-    memory_snapshot: Optional[Path] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
-    memory_plot: Optional[Path] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
+    memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, callback=_finite, help="Seconds between CPU RSS samples with --profile-memory."),
+    memory_snapshot: Optional[str] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
+    memory_plot: Optional[str] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
     max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer questions: each question runs through pre-fusion with every frame, so its length multiplies the work."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -221,40 +251,52 @@ def ask(
 
     Several questions share one pass over the video. Decoded frames are cached, so asking again is fast.
     """
-    from vidmini.ask import Sampling, TextStreamer, run_ask
-    from vidmini.memory import Recorder
-    from vidmini.model.loading import LoadOptions, load_model, pick_device
-    from vidmini.sources import check_input
+    from vidmini.checkpoint_files import check_checkpoint
+    from vidmini.paths import check_input_file, is_image
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
+    _check_range(start, end)
+    _check_workers(decode_workers)
+    # Everything a user can get wrong about the input and --model is refused here, before torch is imported.
+    check_input_file(video, "image file" if is_image(video) else "video file")  # stat() only: in a blink
+    from vidmini.sources import Sampling, check_input
+
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
+    check_input(video, sampling_opts)  # not a video, --start/--end outside it
+    check_checkpoint(model)
     if dry_run:
         from vidmini.memory_report import dry_run as plan_run
         from vidmini.memory_report import print_dry_run
 
-        plan = plan_run(model, str(video), sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
+        plan = plan_run(model, video, sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
                         _read_questions(questions) if questions else [])
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
     from vidmini.outputs import check_memory_outputs
 
+    memory_plot, memory_snapshot = _output_path(memory_plot), _output_path(memory_snapshot)
     check_memory_outputs(memory_plot, memory_snapshot)  # before the model loads, not after the work
     if memory_plot is not None:
         from vidmini.memory_report import check_plot_available
 
         check_plot_available()
         profile_memory = True
+    from vidmini.ask import TextStreamer, run_ask
+    from vidmini.memory import Recorder
+    from vidmini.model.loading import LoadOptions, check_before_load, load_model, pick_device
+
+    load = LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame)
+    check_before_load(load, max_new_tokens, prefusion_tokens)  # from the config, before the weights
     if memory_snapshot is not None:
         from vidmini.memory_report import start_snapshot
 
         start_snapshot(pick_device(device))
-    check_input(str(video))  # a missing or unreadable file is one line now, not after a model load
     recorder = Recorder(memory=profile_memory, device=pick_device(device), interval_s=memory_interval)
     with recorder.stage("load"):
-        loaded, tokenizer = load_model(LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame))
+        loaded, tokenizer = load_model(load)
     result = run_ask(
-        loaded, tokenizer, str(video), asked, model_name=model,
+        loaded, tokenizer, video, asked, model_name=model,
         sampling=sampling_opts, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
         profile_memory=profile_memory, progress=not quiet, recorder=recorder, max_question_tokens=max_question_tokens,
@@ -275,12 +317,12 @@ def ask(
 
 @app.command()
 def summarize(
-    paths: Optional[list[Path]] = typer.Argument(None, help="Video files and folders.", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="The JSON Lines report (created, or resumed)."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also render the report as Markdown here."),
+    paths: Optional[list[str]] = typer.Argument(None, help="Video files and folders.", show_default=False),
+    out: str = typer.Option(..., "--out", "-o", help="The JSON Lines report (created, or resumed)."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", help="Also render the report as Markdown here."),
     question: Optional[list[str]] = typer.Option(None, "--question", help="An extra question for every file (repeatable)."),
     chapter_minutes: Optional[float] = typer.Option(
-        None, "--chapter-minutes", min=0, help="Chapter length. Default: 10 min for videos over 20 min, none below; 0 = none."),
+        None, "--chapter-minutes", min=0, callback=_finite, help="Chapter length. Default: 10 min for videos over 20 min, none below; 0 = none."),
     glob: Optional[str] = typer.Option(None, "--glob", help="Only files whose name (or relative path) matches, e.g. '*.mp4'."),
     recursive: bool = typer.Option(True, "--recursive/--no-recursive", help="Descend into sub-folders."),
     force: bool = typer.Option(False, "--force", help="Redo files already in the report."),
@@ -300,6 +342,7 @@ def summarize(
     decoder: DecoderChoice = DecoderOpt,
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
+    max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer --question values, as ask does."),
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
@@ -313,11 +356,12 @@ def summarize(
     --markdown a rendering vidmini wrote; otherwise exit 2 before any work (--force does not change this).
     One process writes a report at a time: a second summarize on the same --out exits 2 at once.
     """
-    from vidmini.outputs import check_summarize_outputs, report_lock
+    from vidmini.outputs import check_summarize_outputs, lock_path, report_lock
     from vidmini.report import write_markdown
     from vidmini.summarize import SummarizeOptions, run_summarize, summary_line
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
+    out, markdown = _output_path(out), _output_path(markdown)
     if not paths:
         if markdown is None:
             raise errors.UsageError("give video files or folders to summarize (or --markdown to render)")
@@ -333,41 +377,74 @@ def summarize(
         check_options(devices, device)  # Ray missing, --devices or cuda:N: one line, exit 2
     elif workers is not None:
         raise errors.UsageError("--workers goes with --ray (--devices starts one worker per device)")
+    _check_chapters(chapter_minutes, fps)
     check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:  # a typo'd input is one line before any work, not a report holding a "no such file" record
-        raise errors.BadInput(f"{missing[0]}: no such file or folder")
-    options = SummarizeOptions(
-        questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
-        fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, profile_memory=profile_memory, model_name=model)
-    from vidmini.engine import EngineOptions, build_engine
-    from vidmini.model.loading import LoadOptions
+    _check_summarize_inputs(paths)
+    from vidmini.checkpoint_files import check_checkpoint
+    from vidmini.questions import check_text
 
-    engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
-    with report_lock(out):
+    extra = check_text(list(question or []))  # as `ask` checks its questions: blank or not UTF-8 is exit 2
+    check_checkpoint(model)
+    outputs = tuple(os.path.realpath(p) for p in (out, lock_path(out), markdown) if p is not None)
+    options = SummarizeOptions(
+        questions=extra, chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
+        fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs,
+        max_question_tokens=max_question_tokens)
+    with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
+        from vidmini.engine import EngineOptions, build_engine
+        from vidmini.model.loading import LoadOptions
+
+        engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)  # checked by build_engine
         if ray_address is not None:
             from vidmini.scale.ray import RaySettings, run_on_ray
 
             done, skipped, failed, earlier_failed = run_on_ray(
                 RaySettings(ray_address, workers), LoadOptions(model, device, dtype, quantize), engine_options,
-                profile_memory, [str(p) for p in paths], str(out), options, not quiet)
+                profile_memory, paths, str(out), options, not quiet)
         elif devices:
             from vidmini.workers import run_on_devices
 
             loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
             done, skipped, failed, earlier_failed = run_on_devices(
-                loads, engine_options, profile_memory, [str(p) for p in paths], str(out), options, not quiet)
+                loads, engine_options, profile_memory, paths, str(out), options, not quiet)
         else:
             load = LoadOptions(model, device, dtype, quantize)
             done, skipped, failed, earlier_failed = run_summarize(
-                lambda: build_engine(load, engine_options, profile_memory), [str(p) for p in paths], str(out),
+                lambda: build_engine(load, engine_options, profile_memory, extra, options.max_question_tokens), paths,
+                str(out),
                 options, progress=not quiet)
         if markdown is not None:
             write_markdown(str(out), str(markdown))
     print(f"vidmini: {summary_line(str(out), done, skipped, failed, earlier_failed)}", file=sys.stderr)
     if failed:
         raise typer.Exit(errors.BAD_INPUT)
+
+
+def _output_path(path: str | None) -> Path | None:
+    """An output option as a Path, once it is known not to be a URL (Path would drop a slash of it)."""
+    from vidmini.paths import check_not_url
+
+    if path is None:
+        return None
+    check_not_url(path, "the path of a local file")
+    return Path(path)
+
+
+def _check_summarize_inputs(paths: list[str]) -> None:
+    """Each given path, before any work: a typo, a URL, a FIFO, socket or device (which would block the first
+    open()) is one line; files and folders go on (a broken video becomes a failed record, not a stop)."""
+    from vidmini.paths import check_not_url, special_kind
+
+    for path in paths:
+        check_not_url(path, "the path of a video file or folder")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # a typo'd input is one line before any work, not a report holding a "no such file" record
+            raise errors.BadInput(f"{path}: no such file or folder") from None
+        kind = special_kind(mode)
+        if kind is not None:
+            raise errors.BadInput(f"{path}: is {kind}, not a video file or folder")
 
 
 cache_app = typer.Typer(help="The decoded-frame cache: show its entries and sizes, or clear them.",
@@ -424,11 +501,23 @@ def main(argv: list[str] | None = None) -> int:
     from vidmini import signals
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    _accept_click_completion_names()
     restore = signals.install()  # SIGTERM takes Ctrl-C's path (cleanup, one line), exit 143
     try:
         return _main(argv)
     finally:
         restore()
+
+
+COMPLETE_VAR = "_VIDMINI_COMPLETE"
+
+
+def _accept_click_completion_names() -> None:
+    """click documents `_VIDMINI_COMPLETE=bash_source vidmini`; typer's completion (--install-completion,
+    --show-completion) spells it source_bash. Both work."""
+    shell, _, action = os.environ.get(COMPLETE_VAR, "").partition("_")
+    if action in ("source", "complete") and shell in ("bash", "zsh", "fish", "powershell", "pwsh"):
+        os.environ[COMPLETE_VAR] = f"{action}_{shell}"
 
 
 def _interrupted(argv: list[str], cause: BaseException | None) -> int:
@@ -440,7 +529,7 @@ def _interrupted(argv: list[str], cause: BaseException | None) -> int:
 
 def _main(argv: list[str]) -> int:
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=argv, prog_name="vidmini", standalone_mode=False)  # the name completion keys on
         if result == errors.INTERRUPTED:  # typer swallows Ctrl-C and returns 130
             return _interrupted(argv, None)
         return result if isinstance(result, int) else 0

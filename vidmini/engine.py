@@ -25,7 +25,7 @@ from vidmini.memory import Recorder
 from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
 from vidmini.model.preprocess import PixelBuffer, normalize, pixel_stats
-from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids
+from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids, role_header_ids, without_role_header
 from vidmini.reduce.prefusion import encode_frames_reduced
 from vidmini.video.frames import FrameBatch, FrameGeometry
 
@@ -209,15 +209,21 @@ class Engine:
         self.stats = pixel_stats(self.frames.mean, self.frames.std).to(self.device)
         self.batch_size = self.options.batch_size or capacity.auto_batch_size(self.shape, self.dtype, self.device)
         self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
+        self.role_header = role_header_ids(tokenizer)  # never part of an answer (answer_tokens)
 
     def kv_bytes_per_token(self) -> int:
         return capacity.kv_bytes_per_token(self.shape, self.dtype)
 
-    def frame_capacity(self, prompt_tokens: int) -> capacity.Capacity:
-        """How many frames this engine can hold for prompts of `prompt_tokens` (capacity.frame_capacity)."""
-        free = capacity.free_bytes(self.device)
-        return capacity.frame_capacity(self.shape, self.dtype, self.batch_size, free, prompt_tokens,
-                                       self.options.max_new_tokens)
+    def frame_capacity(self, prompt_tokens: int, wanted: int) -> capacity.Capacity:
+        """How many of `wanted` frames this engine can hold for prompts of `prompt_tokens` (capacity.frame_capacity).
+        The vision batch is first lowered to what leaves room for those frames (capacity.batch_beside), so a large
+        --batch-size never costs frames."""
+        free, max_new = capacity.free_bytes(self.device), self.options.max_new_tokens
+        smallest = capacity.frame_capacity(self.shape, self.dtype, 1, free, prompt_tokens, max_new)
+        frames = min(wanted, smallest.frames)
+        self.batch_size = capacity.batch_beside(self.shape, self.dtype, self.batch_size, free, frames, prompt_tokens,
+                                                max_new)
+        return capacity.frame_capacity(self.shape, self.dtype, self.batch_size, free, prompt_tokens, max_new)
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> list[int]:
@@ -347,15 +353,27 @@ class Engine:
         if allocated:
             self.measured_kv_bytes_per_token = allocated // positions
 
+    def answer_tokens(self, tokens: list[int]) -> list[int] | None:
+        """The answer's tokens without the role header the model may write first; None while they may still be
+        that header (prompt.without_role_header)."""
+        return without_role_header(tokens, self.role_header)
+
     def decode_text(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        visible = self.answer_tokens(tokens)
+        return self.tokenizer.decode(tokens if visible is None else visible, skip_special_tokens=True).strip()
 
 
-def build_engine(load, options: EngineOptions, profile_memory: bool = False) -> Engine:
-    """Load the model (vidmini.model.loading.LoadOptions) and wrap it in an Engine; the load is timed as a stage."""
-    from vidmini.model.loading import load_model, pick_device
+def build_engine(load, options: EngineOptions, profile_memory: bool = False, questions=(),
+                 max_question_tokens: int | None = None) -> Engine:
+    """Load the model (vidmini.model.loading.LoadOptions) and wrap it in an Engine; the load is timed as a stage.
+    `questions` (summarize's --question) are held to `max_question_tokens` as soon as the tokenizer is there, as
+    `ask` holds its own."""
+    from vidmini.model.loading import check_before_load, load_model, pick_device
+    from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length
 
+    check_before_load(load, options.max_new_tokens, options.prefusion_tokens)  # from the config: before the weights
     recorder = Recorder(memory=profile_memory, device=pick_device(load.device))
     with recorder.stage("load"):
         model, tokenizer = load_model(load)
+    check_length(tokenizer, list(questions), max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS)
     return Engine(model, tokenizer, options, recorder)

@@ -185,7 +185,7 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     from vidmini.sources import is_image, plan_video
 
     path = locate_checkpoint(model_id, weights=False)
-    from vidmini.backends.hf_video import FAMILIES
+    from vidmini.backends import FAMILIES
     from vidmini.errors import UsageError
     from vidmini.model.loading import model_type
 

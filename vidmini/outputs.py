@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vidmini.errors import UsageError
+from vidmini.paths import special_kind
 
 # The first line of every Markdown file we render; also how we recognise one as ours.
 MARKDOWN_MARKER = "<!-- vidmini summarize report: rendered from"
@@ -37,6 +38,9 @@ def check_writable(path: Path, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         _fail(f"{option} {path} is a folder; give a file name")
+    kind = special_kind(path.stat().st_mode) if path.exists() else None
+    if kind is not None:  # opening a FIFO to write would block until a reader appears
+        _fail(f"{option} {path} is {kind}; give a file name")
     folder = path.parent
     if not folder.exists():
         _fail(f"{option} {path}: the folder {folder} does not exist")

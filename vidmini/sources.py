@@ -3,19 +3,18 @@ that yields FrameBatches. Used by `ask`, `summarize` and the dry run; imports no
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vidmini.cache import FrameCache
-from vidmini.capacity import Capacity
+from vidmini.capacity import Capacity, available_ram
+from vidmini.paths import check_input_file, is_image
 from vidmini.video import DecodeReport, FrameBatch, FrameStream, SamplingPlan, StreamOptions, VideoError, VideoInfo
 from vidmini.video import make_plan, probe
 from vidmini.video.frames import FrameGeometry, model_frame
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
@@ -42,44 +41,88 @@ class Source:
     cache: FrameCache | None = None
 
 
-def is_image(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
-
-
-def check_input(path: str) -> None:
-    """Fail fast (exit 3) on an input that cannot be used, before anything slow (a model load) starts."""
+def check_input(path: str, sampling: Sampling | None = None) -> None:
+    """Fail fast (exit 2 or 3) on an input that cannot be used, before anything slow (a model load) starts; for a
+    video with `sampling`, its plan too (--start/--end against the probed duration)."""
     if not is_image(path):
-        probe(path)
+        plan_video(path, sampling) if sampling is not None else probe(path)
         return
-    from PIL import Image, UnidentifiedImageError
+    check_input_file(path, "image file")
+    from PIL import UnidentifiedImageError
 
-    if not os.path.isfile(path):
-        raise VideoError(f"{path}: no such file")
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
+            _check_decodable(path, image)
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL reports some broken files as SyntaxError
         raise VideoError(f"{path}: not a readable image ({err})")
 
 
+REDUCED_SIDE = 2048  # images over Pillow's pixel limit are decoded down to this (the model sees 336-384 pixels)
+DECODE_SHARE = 4  # an image may take at most 1/4 of the available RAM while it is decoded
+
+
+def _open_image(path: str):
+    """Image.open, lazily (the header only), without Pillow's decompression-bomb refusal: vidmini reads large
+    images reduced (read_image) and refuses only those whose decode would not fit in memory (_check_decodable)."""
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _check_decodable(path: str, image) -> None:
+    from PIL import Image
+
+    if image.format == "JPEG":  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly: a huge one costs little
+        image.draft("RGB", (REDUCED_SIDE, REDUCED_SIDE))
+    w, h = image.size
+    needed = w * h * max(3, len(image.getbands()))
+    allowed = available_ram() // DECODE_SHARE
+    if w * h > (Image.MAX_IMAGE_PIXELS or 0) and needed > allowed:
+        raise VideoError(f"{path}: a {w}x{h} image needs {needed / 1e9:.1f} GB to decode, more than the "
+                         f"{allowed / 1e9:.1f} GB vidmini allows itself here; downscale it first")
+
+
+def read_image(path: str):
+    """(RGB image as it is meant to be seen, frame count): EXIF orientation applied (as a video's rotation is);
+    an image over Pillow's pixel limit decoded reduced to REDUCED_SIDE (JPEG straight from the file, others by
+    Pillow's reduce), so a 15,000 x 15,000 photo is read rather than refused."""
+    from PIL import Image, ImageOps
+
+    with _open_image(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        _check_decodable(path, image)
+        if image.size[0] * image.size[1] > (Image.MAX_IMAGE_PIXELS or 0):
+            image.thumbnail((REDUCED_SIDE, REDUCED_SIDE), reducing_gap=2.0)
+        upright = ImageOps.exif_transpose(image)
+        return upright.convert("RGB"), frames
+
+
 def open_image(path: str, config=None, geometry: FrameGeometry | None = None) -> Source:
     """An image as a one-frame source: LLaVA-Mini's way (config: pad or crop as the reference) or, for the other
     models, as one frame of a video (`geometry`)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     from vidmini.model.preprocess import process_image
 
-    if not os.path.isfile(path):
-        raise VideoError(f"{path}: no such file")
+    check_input_file(path, "image file")
     try:
-        with Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-            if geometry is not None:
-                pixels = model_frame(np.asarray(image.convert("RGB")), 0, geometry)
-            else:
-                pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
+        image, frames = read_image(path)
     except (UnidentifiedImageError, OSError) as err:
         raise VideoError(f"{path}: not a readable image ({err})")
+    if geometry is not None:
+        pixels = model_frame(np.asarray(image), 0, geometry)
+    else:
+        pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
     notes = [f"{path} is an animated image of {frames} frames: the model sees its first frame only "
              "(convert it to a video to ask about all of them)"] if frames > 1 else []
     batch = FrameBatch(pixels[None], np.zeros(1), np.zeros(1, dtype=np.int64))
@@ -107,9 +150,11 @@ def plan_video(path: str, sampling: Sampling) -> VideoPlan:
     return VideoPlan(info, plan, fps, notes)
 
 
-def open_video(path: str, sampling: Sampling, capacity: Capacity, stream: StreamOptions, use_cache: bool) -> Source:
-    planned = plan_video(path, sampling)
+def open_video(planned: VideoPlan, sampling: Sampling, capacity: Capacity, stream: StreamOptions,
+               use_cache: bool) -> Source:
+    """The planned video as a Source of at most `capacity` frames (fewer, spread over the whole range, and said)."""
     info, plan, notes = planned.info, planned.plan, planned.notes
+    path = info.path
     limit, why = capacity.frames, capacity.reason
     if len(plan) > limit:
         wanted = len(plan)

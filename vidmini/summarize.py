@@ -46,6 +46,8 @@ class SummarizeOptions:
     batch_size: int | None = None
     profile_memory: bool = False
     model_name: str = ""
+    outputs: tuple[str, ...] = ()  # resolved paths of the report, its lock and its Markdown: never inputs
+    max_question_tokens: int | None = None  # --question longer than this is refused (None: ask's default)
 
     def prompt_key(self) -> str:
         """Records made with another prompt, sampling or model are redone."""
@@ -71,9 +73,11 @@ def looks_like_video(path: Path) -> bool:
         return False
 
 
-def discover(paths: list[str], glob: str | None = None, recursive: bool = True) -> list[str]:
+def discover(paths: list[str], glob: str | None = None, recursive: bool = True,
+             exclude: tuple[str, ...] = ()) -> list[str]:
     """Video files under `paths`, each once, by resolved absolute path (so `x.mkv`, `./x.mkv` and `/abs/x.mkv`
-    are one file whatever the working directory), in a stable (sorted) order."""
+    are one file whatever the working directory), in a stable (sorted) order; `exclude`d paths (our own outputs,
+    whatever their names) never."""
     found: set[str] = set()
     for given in paths:
         root = Path(given)
@@ -91,17 +95,18 @@ def discover(paths: list[str], glob: str | None = None, recursive: bool = True) 
                 continue
             if looks_like_video(path):
                 found.add(os.path.realpath(path))
-    return sorted(found)
+    return sorted(found - set(exclude))
 
 
-def find_videos(paths: list[str], glob: str | None = None, recursive: bool = True) -> list[str]:
+def find_videos(paths: list[str], glob: str | None = None, recursive: bool = True,
+                exclude: tuple[str, ...] = ()) -> list[str]:
     """`discover`, saying which folders held no video; exit 3 when none held any (no report is created)."""
     from vidmini.errors import BadInput
 
     found: set[str] = set()
     empty = []
     for given in paths:
-        files = discover([given], glob, recursive)
+        files = discover([given], glob, recursive, exclude)
         if not files:
             empty.append(str(given))
         found.update(files)
@@ -185,19 +190,20 @@ def chapter_ranges(times_s, duration_s: float, minutes: float | None) -> list[tu
         return []
     length = minutes * 60
     count = max(1, int(np.ceil(duration_s / length - 1e-9)))
-    edges = np.searchsorted(times_s, np.arange(count + 1) * length)
+    # Each frame's chapter, from the frames (sorted in time): never a loop or an array over empty chapters, so a
+    # tiny --chapter-minutes costs at most one chapter per frame.
+    chapter = np.minimum(np.floor(np.asarray(times_s) / length).astype(np.int64), count - 1)
     out = []
-    for k in range(count):
-        lo, hi = int(edges[k]), int(edges[k + 1]) if k + 1 < count else len(times_s)
-        if hi > lo:
-            out.append((lo, hi, k * length, min(duration_s, (k + 1) * length)))
+    for k in np.unique(chapter):
+        lo, hi = np.searchsorted(chapter, [k, k + 1])
+        out.append((int(lo), int(hi), int(k) * length, min(duration_s, (int(k) + 1) * length)))
     return out
 
 
 def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> dict:
     from vidmini.ask import Progress, run_queries
     from vidmini.engine import Query
-    from vidmini.sources import Sampling, open_video
+    from vidmini.sources import Sampling, open_video, plan_video
     from vidmini.video import StreamOptions, VideoError
 
     started = time.monotonic()
@@ -209,8 +215,10 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
     try:
         sampling = Sampling("time", options.fps, options.max_frames)
         prompt_tokens = max(len(engine.prompt_ids(q)) for q in [SUMMARY_PROMPT, CHAPTER_PROMPT, *options.questions])
-        source = open_video(path, sampling, engine.frame_capacity(prompt_tokens),
-                            StreamOptions(decoder=options.decoder, batch_size=engine.batch_size, geometry=engine.geometry), use_cache=False)
+        planned = plan_video(path, sampling)
+        capacity = engine.frame_capacity(prompt_tokens, len(planned.plan))  # first: it may lower the batch
+        source = open_video(planned, sampling, capacity, StreamOptions(
+            decoder=options.decoder, batch_size=engine.batch_size, geometry=engine.geometry), use_cache=False)
         chapters = chapter_ranges(source.times_s, source.duration_s, options.chapter_minutes)
         queries = [Query(SUMMARY_PROMPT)] + [Query(q) for q in options.questions]
         queries += [Query(CHAPTER_PROMPT, lo, hi) for lo, hi, _, _ in chapters]
@@ -262,7 +270,8 @@ def run_job(paths: list[str], out: str, options: SummarizeOptions, events: Event
     computes the records. Files already in the report are never handed to `events`. Returns (done now, skipped
     as already done, failed now, failed in an earlier run among the skipped)."""
     report = Report(out)
-    todo, skipped, earlier_failed = plan_work(find_videos(paths, options.glob, options.recursive), report, options)
+    found = find_videos(paths, options.glob, options.recursive, exclude=options.outputs)
+    todo, skipped, earlier_failed = plan_work(found, report, options)
     done = failed = 0
     if not todo:
         return 0, skipped, 0, earlier_failed

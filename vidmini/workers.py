@@ -16,14 +16,14 @@ def _worker(name: str, load, engine_options, profile_memory: bool, options: Summ
     import torch
 
     from vidmini.engine import build_engine
-    from vidmini.errors import first_line
+    from vidmini.errors import exit_code_for, first_line
     from vidmini.summarize import summarize_file
 
     torch.set_num_threads(threads)
     try:
-        engine = build_engine(load, engine_options, profile_memory)
+        engine = build_engine(load, engine_options, profile_memory, options.questions, options.max_question_tokens)
     except Exception as err:  # noqa: BLE001  reported by the parent as one line
-        results.put(("fatal", name, f"{load.device}: {first_line(err)}"))
+        results.put(("fatal", name, (exit_code_for(err), f"{load.device}: {first_line(err)}")))
         return
     while True:
         path = tasks.get()
@@ -39,6 +39,7 @@ def device_events(loads: list, engine_options, profile_memory: bool, options: Su
     """The event source (summarize.EventSource) of one spawned worker per LoadOptions (each names its device)."""
 
     def events(todo: list[str], bar: FolderProgress) -> Iterator[Started | Finished]:
+        from vidmini import errors
         from vidmini.errors import ModelLoadError, VidminiError
 
         ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA state or torch threads inherited
@@ -62,8 +63,11 @@ def device_events(loads: list, engine_options, profile_memory: bool, options: Su
                     if not any(w.is_alive() for w in workers):
                         raise VidminiError("every summarize worker stopped unexpectedly")
                     continue
-                if kind == "fatal":
-                    raise ModelLoadError(payload)
+                if kind == "fatal":  # the worker's own exit code: a model that cannot load is 4, an option 2
+                    code, message = payload
+                    failure = ModelLoadError(message)
+                    failure.code = code if code != errors.FAILED else errors.MODEL_LOAD
+                    raise failure
                 if kind == "finished":
                     finished += 1
                 elif kind == "started":

@@ -36,11 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from vidmini import capacity
+from vidmini.backends import FAMILIES
 from vidmini.errors import ModelLoadError, UsageError
 from vidmini.reduce.visionzip import layer_signals, select_and_merge
 from vidmini.video.frames import FrameGeometry
-
-FAMILIES = ("llava_next_video", "llava_onevision")
 
 
 @dataclass(frozen=True)
@@ -81,10 +80,7 @@ class VideoBackend:
         if not isinstance(model.config.vision_feature_layer, int):
             raise NotImplementedError("several vision feature layers are not supported")
         self.model, self.family, self.core = model, family, model.model
-        vc = model.config.vision_config
-        grid = vc.image_size // vc.patch_size
-        self.native_tokens_per_frame = (grid // model.config.spatial_pool_stride) ** 2 \
-            if family == "llava_next_video" else math.ceil(grid / 2) ** 2
+        self.native_tokens_per_frame = native_tokens_per_frame(model.config, family)
         if budget is None and tokens_per_frame is not None and tokens_per_frame < self.native_tokens_per_frame:
             budget = FrameBudget.split(tokens_per_frame)
         self.budget = budget  # None: the model's own tokens
@@ -285,8 +281,18 @@ def load(path: str, family: str, name: str, device: str, dtype, tokens_per_frame
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"model {name} could not be loaded: {str(err).splitlines()[0]}")
     model.to(device).eval()
-    backend = VideoBackend(model, tokens_per_frame, tokenizer=tokenizer, preprocessor=preprocessor)
-    if tokens_per_frame is not None and tokens_per_frame > backend.native_tokens_per_frame:
-        raise UsageError(f"--tokens-per-frame {tokens_per_frame}: {name} has {backend.native_tokens_per_frame} "
-                         "tokens per frame; give at most that many")
-    return backend, tokenizer
+    check_tokens_per_frame(model.config, family, name, tokens_per_frame)
+    return VideoBackend(model, tokens_per_frame, tokenizer=tokenizer, preprocessor=preprocessor), tokenizer
+
+
+def native_tokens_per_frame(config, family: str) -> int:
+    """The tokens per frame the model's own pooling gives (from its config alone)."""
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    return (grid // config.spatial_pool_stride) ** 2 if family == "llava_next_video" else math.ceil(grid / 2) ** 2
+
+
+def check_tokens_per_frame(config, family: str, name: str, tokens_per_frame: int | None) -> None:
+    native = native_tokens_per_frame(config, family)
+    if tokens_per_frame is not None and tokens_per_frame > native:
+        raise UsageError(f"--tokens-per-frame {tokens_per_frame}: {name} has {native} tokens per frame; give at "
+                         "most that many")

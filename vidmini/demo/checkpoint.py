@@ -17,7 +17,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vidmini.demo.config import GGUF_FILE, LLM_PACKAGE, LLM_PIP
@@ -61,14 +64,21 @@ def prepare_llm_cache() -> Path:
         if importlib.util.find_spec(module) is None:
             raise ModelLoadError(f"the first load of the demo model converts the GGUF and needs {module}; {INSTALL_HINT}")
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     gguf = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    llm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with preparing(gguf, target):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        llm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        _write_llm_cache(llm, tokenizer, target)
+    return target
+
+
+def _write_llm_cache(llm, tokenizer, target: Path) -> None:
+    from safetensors.torch import save_file
+
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
@@ -82,7 +92,30 @@ def prepare_llm_cache() -> Path:
             pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return target
+
+
+@contextmanager
+def preparing(gguf: Path, target: Path) -> Iterator[None]:
+    """The first load's conversion, said before it starts: one line on stderr naming what is prepared, where and
+    how big; then, on a terminal, a live spinner with the elapsed time. transformers draws a raw per-tensor tqdm
+    bar on stderr while it de-quantizes (disable_progress_bar does not reach it), so stderr is held aside meanwhile."""
+    import contextlib
+    import io
+
+    from gguf import GGUFReader
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    float_bytes = 4 * sum(int(t.n_elements) for t in GGUFReader(str(gguf)).tensors)
+    print(f"vidmini: first use of the demo model: converting its LLM, {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB, "
+          f"from {LLM_PIP}), to float32 weights in {target} (about {float_bytes / 1e6:.0f} MB, once; later runs "
+          "read them)", file=sys.stderr, flush=True)
+    console = Console(file=sys.stderr)  # bound now: the real stderr, not the sink below
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        bar.add_task("converting the demo model's LLM", total=None)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
 
 
 def llm_config():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import LlamaConfig
 
-MODEL_TYPE = "llava_mini_llama"
+from vidmini.checkpoint_files import LLAVA_MINI as MODEL_TYPE  # one spelling, importable without torch
 
 # CLIP ViT-L/14-336, the tower the released checkpoint names in `mm_vision_tower`. Known here so that the
 # released checkpoint loads with nothing but its own files (its weights hold the tower under

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidmini.backends import FAMILIES
+from vidmini.checkpoint_files import check_checkpoint, model_type, read_config
 from vidmini.errors import ModelLoadError, UsageError
 
 DEFAULT_MODEL = "ICTNLP/llava-mini-llama-3.1-8b"
@@ -51,6 +53,7 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     """A local folder holding the checkpoint: the path itself, `demo` (the small model shipped with vidmini), or the
     Hub snapshot (downloaded when allowed). weights=False fetches the configs and tokenizer only (for plans that
     load nothing)."""
+    check_checkpoint(model_id)
     if model_id == "demo":
         from vidmini.demo.checkpoint import resolve_demo
 
@@ -58,7 +61,7 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a model checkpoint?")
-        if "llm_source" in _config(model_id) and not glob.glob(os.path.join(model_id, "tokenizer*")):
+        if "llm_source" in read_config(model_id) and not glob.glob(os.path.join(model_id, "tokenizer*")):
             from vidmini.demo.checkpoint import resolve_demo  # a demo-layout folder (train/ exports one)
 
             return resolve_demo(Path(model_id))
@@ -109,17 +112,44 @@ def quantization_config(quantize: str, dtype):
     raise ModelLoadError(f"unknown --quantize {quantize!r}; use none, 8bit or 4bit")
 
 
-def _config(path: str) -> dict:
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}/config.json cannot be read: {err}")
+def config_folder(model_id: str) -> str:
+    """A folder holding the checkpoint's config.json, fetched without weights; the demo's own, so that checking
+    an option does not prepare the demo's LLM."""
+    if model_id == "demo":
+        from vidmini.demo.checkpoint import WEIGHTS_DIR
+
+        return str(WEIGHTS_DIR)
+    return model_id if os.path.isdir(model_id) else locate_checkpoint(model_id, weights=False)
 
 
-def model_type(path: str) -> str:
-    """The checkpoint's `model_type` (config.json), which picks the classes that load it."""
-    return str(_config(path).get("model_type", ""))
+def check_before_load(options: LoadOptions, max_new_tokens: int, prefusion_tokens: int | None = None) -> None:
+    """What the config decides about the options, before the weights load (exit 2): an answer of
+    `max_new_tokens` must fit in the LLM's context and in the memory its KV cache needs
+    (capacity.check_answer_room); --tokens-per-frame and --prefusion-tokens must suit the model's family."""
+    from vidmini import capacity
+
+    folder = config_folder(options.model)
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device)
+    family = model_type(folder)
+    if family in FAMILIES:
+        from transformers import AutoConfig
+
+        from vidmini.backends.hf_video import check_tokens_per_frame, native_tokens_per_frame
+
+        config = AutoConfig.from_pretrained(folder)
+        check_tokens_per_frame(config, family, options.model, options.tokens_per_frame)
+        if prefusion_tokens is not None:
+            raise UsageError(f"--prefusion-tokens is for LLaVA-Mini; {options.model} is {family} "
+                             "(use --tokens-per-frame)")
+        tokens = options.tokens_per_frame or native_tokens_per_frame(config, family)
+        shape = capacity.FrameShape(config.text_config, tokens, {}, 0)
+    else:
+        from vidmini.model.config import LlavaMiniConfig
+
+        shape = LlavaMiniConfig.from_pretrained(folder)
+    free = capacity.free_bytes(device) - capacity.RESERVE_BYTES
+    capacity.check_answer_room(shape, dtype, free, capacity.PROMPT_TOKENS_GUESS, max_new_tokens)
 
 
 def load_model(options: LoadOptions):
@@ -129,7 +159,6 @@ def load_model(options: LoadOptions):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from vidmini.backends.hf_video import FAMILIES
     from vidmini.model.llava_mini import LlavaMiniForCausalLM
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; our own progress is on stderr

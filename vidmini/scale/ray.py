@@ -101,7 +101,8 @@ class SummarizeWorker:
         self.load_error: str | None = None
         torch.set_num_threads(threads)
         try:
-            self.engine = build_engine(load, engine_options, profile_memory)
+            self.engine = build_engine(load, engine_options, profile_memory, options.questions,
+                                       options.max_question_tokens)
         except Exception as err:  # noqa: BLE001  the driver turns it into one line and exit 4
             self.load_error = f"{self.host}: {first_line(err)}"
 

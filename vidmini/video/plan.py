@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vidmini.errors import UsageError
 from vidmini.video.probe import VideoError, VideoInfo
 
 
@@ -41,8 +42,9 @@ def plan_time(info: VideoInfo, fps: float = 1.0, max_frames: int | None = None,
         raise VideoError("--fps must be positive")
     lo = max(0.0, start or 0.0)
     hi = min(info.duration_s, end) if end is not None else info.duration_s
-    if hi <= lo:
-        raise VideoError(f"{info.path}: the range {lo:g}-{hi:g} s holds no video (duration {info.duration_s:.2f} s)")
+    if hi <= lo:  # the probe guarantees a positive duration: only --start/--end can empty the range
+        raise UsageError(f"{info.path}: the range {lo:g}-{hi:g} s holds no video (duration {info.duration_s:.2f} s); "
+                         "give --start/--end inside it")
     span = hi - lo
     count = max(1, math.floor(span * fps + 1e-3))  # 1 ms slack: container and stream clocks differ slightly
     step = min(1.0 / fps, span / count)  # a video shorter than 1/fps gets its one frame from its middle

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 from vidmini.errors import BadInput
+from vidmini.paths import check_input_file
 
 
 class VideoError(BadInput):
@@ -51,12 +51,10 @@ def open_container(path: str):
 
     # PyAV keeps FFmpeg's logging off by default. Never set a level here: that routes FFmpeg's logs through
     # Python's logging, which deadlocks container.close() with frame-threaded decoding (PyAV issue #751).
-    if not os.path.exists(path):
-        raise VideoError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise VideoError(f"{path}: is a folder, not a video file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(f"{path}: the file is empty")
+    try:
+        check_input_file(path)  # a URL, a FIFO (open() would block), a device, unreadable or empty: one line
+    except BadInput as err:
+        raise VideoError(str(err)) from None
     try:
         return av.open(path, metadata_errors="ignore")
     except av.error.InvalidDataError:
