@@ -206,7 +206,7 @@ def main(argv=None) -> None:
             loss, aux, right = clip_loss(model, tokenizer, pool, clip, table, prefix, args.words)
             ((loss + aux) / args.accumulate).backward()
             losses.append(loss.item())
-            auxes.append(float(aux))
+            auxes.append(float(aux.detach()))
             length = max(length, len(clip.frames))
             for qa, ok in zip(clip.questions, right):
                 key = "needle" if clip.kind == "needle" and len(clip.frames) >= 100 else qa.kind

@@ -165,6 +165,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eval-frames", type=int, default=256, help="held-out frames (seed 7) scored every 200 steps")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--start-from", default=None, metavar="PT",
+                        help="when OUT has no checkpoint yet: start from this one (e.g. train/checkpoints/vision.pt, "
+                             "the last committed stage 1 weights; their optimizer moments are not kept)")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     out = Path(args.out)
@@ -172,10 +175,11 @@ def main(argv=None) -> None:
     model = VisionStage(DemoSize()).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     step = 0
-    state = load(out / "last.pt")
+    state = load(out / "last.pt") or (load(Path(args.start_from)) if args.start_from else None)
     if state:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
         step = state["step"]
         print(f"resumed at step {step}")
     table = pixel_stats(CLIP_MEAN, CLIP_STD)
