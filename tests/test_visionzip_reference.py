@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MERGE_TIE, leftovers
 
 from vidmini.reduce.visionzip import (
     layer_signals,
-    leftover_indices,
     merge_assigned,
     reduce_tokens,
     select_and_merge,
@@ -26,10 +26,6 @@ from vidmini.reduce.visionzip import (
 
 FIXTURE = Path(__file__).parent / "fixtures" / "visionzip_reference.npz"
 SCORE_TOL = 1e-8
-# Below this gap between a leftover's best and second-best target (cosine similarity), which target it joins is not
-# determined by the weights: our fp32 similarities differ from a float64 run of the same model by at most 6.6e-7
-# (AVX2 and AVX512 kernels alike), and the reference's own fp32 rounding is of the same size.
-TIE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +77,15 @@ PAPER = [(54, 10), (108, 20), (128, 32), (162, 30)]
 def contextual_choices(signals, idx, c):
     """Every contextual output the merge may give, per image, when each near-tied leftover may join any of its tied
     targets: a list (per image) of [C, F] arrays, one per way of resolving that image's ties."""
-    rest = leftover_indices(idx, signals.hidden.shape[1])  # [B, R]
-    hidden, metric = (x[torch.arange(len(rest))[:, None], rest] for x in (signals.hidden, signals.metric))  # [B, R, .]
-    similarity = target_similarity(metric, c).double()  # [B, R - C, C]
+    hidden = leftovers(signals.hidden, idx)  # [B, R, F]
+    similarity = target_similarity(leftovers(signals.metric, idx), c).double()  # [B, R - C, C]
     best = similarity.max(dim=2, keepdim=True).values
-    near = similarity >= best - TIE  # [B, R - C, C]: the targets each leftover may join
+    # MERGE_TIE: the reference's own fp32 rounding is of the same size as ours, well under it.
+    near = similarity >= best - MERGE_TIE  # [B, R - C, C]: the targets each leftover may join
     choices = []
-    for b in range(len(rest)):
+    for b in range(len(hidden)):
         tied = near[b].sum(dim=1).gt(1).nonzero()[:, 0].tolist()  # rows with more than one candidate
-        assert len(tied) <= 4, f"{len(tied)} near-tied leftovers: TIE is too wide to enumerate"
+        assert len(tied) <= 4, f"{len(tied)} near-tied leftovers: too many to enumerate"
         assign = similarity[b].argmax(dim=1)  # [R - C]; determined wherever the row is not tied
         outputs = []
         for pick in itertools.product(*(near[b, row].nonzero()[:, 0].tolist() for row in tied)):
@@ -102,7 +98,7 @@ def contextual_choices(signals, idx, c):
 def check(data, signals, d, c, tokens, idx):
     """Dominant indices and tokens equal the reference's; each image's contextual tokens equal one of the outputs
     the merge may give at its near-ties, and so do the reference's (so wherever the best target leads by more than
-    TIE, both assign alike and the features are equal there)."""
+    MERGE_TIE, both assign alike and the features are equal there)."""
     ref_tokens = data[f"tokens/{d}_{c}"]
     ref_idx = data[f"indices/{d}_{c}"]  # [0, patches in descending score]; ours are ascending
     assert tokens.shape == ref_tokens.shape == (data["pixel_values"].shape[0], d + c, 24), (d, c)
