@@ -62,6 +62,51 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
+# Two computation paths of one model (batch sizes, prefill chunks, packed questions, CPU kernels: AVX2 vs AVX512)
+# round apart: their greedy step logits differed by at most 4e-6 on the tiny checkpoint (logits up to 12). Greedy tokens
+# are equal across paths only where each pick leads the runner-up by far more than that, so a test that compares them
+# asserts this lead.
+GREEDY_LEAD = 1e-4
+
+
+def lead(logits) -> float:
+    """How far the greedy pick leads the runner-up: [..., V] logits -> the smallest lead over the leading dims."""
+    top = logits.float().topk(2, dim=-1).values  # [..., 2]
+    return float((top[..., 0] - top[..., 1]).min())
+
+
+# VisionZip's merge: a leftover whose best and second-best targets are within this (cosine similarity) may join
+# either, by rounding: fp32 similarities differed from a float64 run of the same weights by at most 6.6e-7 (the
+# reference fixture's tower, on AVX2 and AVX512 kernels alike).
+MERGE_TIE = 1e-5
+
+
+def leftovers(x, dominant_idx):
+    """The tokens VisionZip did not keep as dominant, ascending, as its merge sees them: [B, N, F], [B, D] -> [B, N - D, F]."""
+    import torch
+
+    from vidmini.reduce.visionzip import leftover_indices
+
+    rest = leftover_indices(dominant_idx, x.shape[1])  # [B, N - D]
+    return x[torch.arange(len(rest))[:, None], rest]
+
+
+@pytest.fixture
+def greedy_leads(monkeypatch) -> list[float]:
+    """The lead (see `lead`) of every greedy pick the engine makes in this test, in order."""
+    import vidmini.engine
+
+    leads: list[float] = []
+    real = vidmini.engine.greedy
+
+    def recording(logits):
+        leads.append(lead(logits))
+        return real(logits)
+
+    monkeypatch.setattr(vidmini.engine, "greedy", recording)
+    return leads
+
+
 @pytest.fixture(scope="session")
 def three_hour_video(tmp_path_factory) -> Path:
     """10,800 frames at 1 fps, 96x64 H.264, each frame coding its own index (vidmini.testing.videos). Made once

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import corpus
+from conftest import GREEDY_LEAD, corpus
 from vidmini.engine import Engine, EngineOptions, Query
 from vidmini.model.preprocess import normalize, pixel_stats
 from vidmini.video import FrameBatch, decode_all, make_plan, probe
@@ -39,36 +39,39 @@ def reference_answer(model, tok, frames, question, max_new=8):
     return model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=max_new)[0].tolist()
 
 
-def test_batched_engine_gives_the_reference_tokens(tiny_model, frames):
+def test_batched_engine_gives_the_reference_tokens(tiny_model, frames, greedy_leads):
     model, tok = tiny_model
     q = "What happens in this video?"
     ours, _ = engine_answers(model, tok, frames, [Query(q)])
     assert ours[0] == reference_answer(model, tok, frames, q)
-    assert len(ours[0]) == 8
+    assert len(ours[0]) == 8 and min(greedy_leads) > GREEDY_LEAD  # measured 0.19
 
 
-def test_many_questions_in_one_pass_equal_each_alone(tiny_model, frames):
+def test_many_questions_in_one_pass_equal_each_alone(tiny_model, frames, greedy_leads):
     model, tok = tiny_model
     questions = ["What happens in this video?", "How many people are there?", "What colour is the ball?"]
     together, _ = engine_answers(model, tok, frames, [Query(q) for q in questions])
     for q, answer in zip(questions, together):
         alone, _ = engine_answers(model, tok, frames, [Query(q)])
         assert answer == alone[0]
+    assert min(greedy_leads) > GREEDY_LEAD  # measured 0.045
 
 
-def test_batch_size_does_not_change_answers(tiny_model, frames):
+def test_batch_size_does_not_change_answers(tiny_model, frames, greedy_leads):
     model, tok = tiny_model
     q = [Query("Describe the scene.")]
     assert engine_answers(model, tok, frames, q, batch_size=1)[0] == engine_answers(model, tok, frames, q, batch_size=24)[0]
+    assert min(greedy_leads) > GREEDY_LEAD  # measured 0.066
 
 
-def test_chapter_queries_equal_the_chapter_alone(tiny_model, frames):
+def test_chapter_queries_equal_the_chapter_alone(tiny_model, frames, greedy_leads):
     model, tok = tiny_model
     q = "Summarize this part of the video."
     answers, _ = engine_answers(model, tok, frames, [Query(q, 0, 10), Query(q, 10, None), Query(q)])
     assert answers[0] == engine_answers(model, tok, frames[:10], [Query(q)])[0][0]
     assert answers[1] == engine_answers(model, tok, frames[10:], [Query(q)])[0][0]
     assert answers[2] == engine_answers(model, tok, frames, [Query(q)])[0][0]
+    assert min(greedy_leads) > GREEDY_LEAD  # measured 0.087
 
 
 def test_buffer_is_written_by_index_and_kv_is_measured(tiny_model, frames):
@@ -160,7 +163,7 @@ def test_sampling_options_through_the_engine(tiny_model, frames):
     assert any(answer(do_sample=True, temperature=1.5, seed=s) != greedy for s in range(3))
 
 
-def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames, monkeypatch):
+def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames, monkeypatch, greedy_leads):
     import vidmini.engine
     from vidmini.errors import DeviceOutOfMemory
 
@@ -181,6 +184,7 @@ def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames
     monkeypatch.setattr(vidmini.engine, "prefill", tight)
     engine.options.chunk = 512
     assert engine.answer(encoded, queries) == expected  # chunked smaller, same answers
+    assert min(greedy_leads) > GREEDY_LEAD  # measured 0.075
     assert chunks[:3] == [512, 256, 128] and engine.options.chunk == 128
     monkeypatch.setattr(vidmini.engine, "prefill", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
     with pytest.raises(DeviceOutOfMemory, match="LLM prefill"):

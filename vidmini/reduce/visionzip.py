@@ -22,7 +22,8 @@ Selection and merge (`select_and_merge`), for a budget of D dominant + C context
    list: step = max(1, R // C), targets = leftovers[0, step, 2*step, ...][:C]. Every other leftover is assigned to
    the target whose metric is most cosine-similar (hard argmax; ties go to the first target). Contextual token j =
    X[target_j] + mean(X[members of j]) -- the target PLUS the mean of its members, as the reference does (a target
-   without members stays as it is).
+   without members stays as it is). At a near-tie (within float rounding) the winner depends on the kernels' rounding,
+   in the reference too: see `merge_contextual`.
 3. Output: [dominant tokens in ascending index, contextual tokens in target order]   [B, D + C, hidden].
 
 Budget guards (the reference crashes on the last two):
@@ -150,23 +151,48 @@ def stride_targets(leftovers: int, count: int) -> torch.Tensor:
     return torch.arange(0, leftovers, step)[:count]
 
 
-def merge_contextual(hidden: torch.Tensor, metric: torch.Tensor, count: int) -> torch.Tensor:
-    """Merge R leftover tokens into `count` contextual tokens: [B, R, F], [B, R, d] -> [B, count, F].
-
-    The similarity and the mean run in fp32 (bf16 makes near-ties and zero norms); the result is cast back.
-    """
-    b, r, f = hidden.shape
-    pos = stride_targets(r, count).to(hidden.device)  # [C]
-    is_target = torch.zeros(r, dtype=torch.bool, device=hidden.device)
+def _targets(leftovers: int, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The targets' positions [C] in the leftover list and the same as a mask [R]."""
+    pos = stride_targets(leftovers, count).to(device)  # [C]
+    is_target = torch.zeros(leftovers, dtype=torch.bool, device=device)
     is_target[pos] = True
-    unit = F.normalize(metric.float(), dim=-1)  # [B, R, d]; a zero vector stays zero (similarity 0 to all)
-    similarity = unit[:, ~is_target] @ unit[:, pos].transpose(1, 2)  # [B, R - C, C]
-    assign = similarity.argmax(dim=2)  # [B, R - C], the first target on ties
+    return pos, is_target
+
+
+def target_similarity(metric: torch.Tensor, count: int) -> torch.Tensor:
+    """Cosine similarity of each non-target leftover to each of the `count` targets: [B, R, d] -> [B, R - C, C].
+
+    In fp32 (bf16 makes near-ties and zero norms); a zero metric vector has similarity 0 to every target.
+    """
+    pos, is_target = _targets(metric.shape[1], count, metric.device)
+    unit = F.normalize(metric.float(), dim=-1)  # [B, R, d]
+    return unit[:, ~is_target] @ unit[:, pos].transpose(1, 2)  # [B, R - C, C]
+
+
+def merge_assigned(hidden: torch.Tensor, assign: torch.Tensor, count: int) -> torch.Tensor:
+    """Contextual token j = target j + mean of the leftovers assigned to it: [B, R, F], [B, R - C] -> [B, count, F].
+
+    `assign` gives, for each non-target leftover in ascending order, the index of its target. The mean runs in fp32;
+    the result is cast back.
+    """
+    pos, is_target = _targets(hidden.shape[1], count, hidden.device)
     one_hot = F.one_hot(assign, count).float().transpose(1, 2)  # [B, C, R - C]
     # A matmul, not scatter_add: same sums on every run and device (CUDA atomics would reorder them).
     sums = one_hot @ hidden[:, ~is_target].float()  # [B, C, F]
     means = sums / one_hot.sum(dim=2, keepdim=True).clamp(min=1)  # [B, C, F]
     return (hidden[:, pos].float() + means).to(hidden.dtype)
+
+
+def merge_contextual(hidden: torch.Tensor, metric: torch.Tensor, count: int) -> torch.Tensor:
+    """Merge R leftover tokens into `count` contextual tokens: [B, R, F], [B, R, d] -> [B, count, F].
+
+    Each leftover joins its most similar target (the first on exact ties). At a near-tie, two targets within float
+    rounding of each other (~1e-6 in cosine similarity), which one wins follows the rounding of the encoder's kernels
+    (CPU instruction set, GPU, attention implementation), as in the reference; the leftover then moves between two
+    contextual tokens and nothing else changes.
+    """
+    assign = target_similarity(metric, count).argmax(dim=2)  # [B, R - C]
+    return merge_assigned(hidden, assign, count)
 
 
 def select_and_merge(
