@@ -314,6 +314,7 @@ def summarize(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
+    evidence: Optional[int] = EvidenceOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Summarize every video under PATHS into a JSON Lines report, one record per file as soon as it is done.
@@ -353,11 +354,11 @@ def summarize(
     options = SummarizeOptions(
         questions=list(question or []), chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, profile_memory=profile_memory, model_name=model)
+        batch_size=batch_size, profile_memory=profile_memory, model_name=model, evidence=evidence or 0)
     from vidmini.engine import EngineOptions, build_engine
     from vidmini.model.loading import LoadOptions
 
-    engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, evidence=bool(evidence))
     with report_lock(out):
         if ray_address is not None:
             from vidmini.scale.ray import RaySettings, run_on_ray
