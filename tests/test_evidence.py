@@ -115,7 +115,8 @@ def test_evidence_is_optional_in_the_argument_list():
         ["ask", "v.mp4", "--evidence", "3", "q"]
     assert _optional_count(["ask", "v.mp4", "--evidence", "5", "q"], "--evidence", 3) == \
         ["ask", "v.mp4", "--evidence", "5", "q"]
-    assert _optional_count(["ask", "v.mp4", "--", "--evidence"], "--evidence", 3) == ["ask", "v.mp4", "--", "--evidence"]
+    after_dashes = ["ask", "v.mp4", "--", "--evidence"]  # a question that reads "--evidence"
+    assert _optional_count(after_dashes, "--evidence", 3) == after_dashes
 
 
 # ---- a checkpoint that looks at one frame ----------------------------------------------------------------------
@@ -246,8 +247,10 @@ def test_without_evidence_no_hook_and_the_same_answers(tiny_model):
         engine = Engine(model, tokenizer, EngineOptions(max_new_tokens=6, evidence=evidence))
         encoded = engine.encode([FrameBatch(pixels, np.arange(6) + 0.5, np.arange(6))], 6, queries)
         found = {}
-        tokens = engine.answer(encoded, queries, on_evidence=found.__setitem__,
-                               on_token=lambda i, t: hooked.append(any(l.input_layernorm._forward_hooks for l in layers)))
+        def token(i, t):
+            hooked.append(any(layer.input_layernorm._forward_hooks for layer in layers))
+
+        tokens = engine.answer(encoded, queries, on_evidence=found.__setitem__, on_token=token)
         return tokens, found, engine.recorder.timings()
 
     plain, none, timings = answers(False)
@@ -257,7 +260,7 @@ def test_without_evidence_no_hook_and_the_same_answers(tiny_model):
     assert all(hooked) and with_evidence == plain
     assert sorted(found) == [0, 1, 2]
     assert found[2].times.tolist() == [2.5, 3.5, 4.5]  # the chapter's own frames
-    assert not any(l.input_layernorm._forward_hooks for l in layers)  # removed after the answers
+    assert not any(layer.input_layernorm._forward_hooks for layer in layers)  # removed after the answers
 
 
 def test_json_fields_and_text_lines(tiny_checkpoint, cli):
@@ -272,7 +275,8 @@ def test_json_fields_and_text_lines(tiny_checkpoint, cli):
         assert 1 <= len(answer["evidence"]) <= 2
         for m in answer["evidence"]:
             assert set(m) == {"start_s", "end_s", "score"} and 0 <= m["start_s"] <= m["end_s"] and 0 < m["score"] <= 1
-        assert [m["score"] for m in answer["evidence"]] == sorted((m["score"] for m in answer["evidence"]), reverse=True)
+        scores = [m["score"] for m in answer["evidence"]]
+        assert scores == sorted(scores, reverse=True)
     text = cli("ask", video, "What happens?", "Where?", "--model", tiny_checkpoint, "--max-new-tokens", 3, "-q",
                "--evidence")
     assert text.code == 0, text.stderr
@@ -318,5 +322,6 @@ def test_summarize_records_carry_evidence_and_the_markdown_links_to_it(spotlight
     record = json.loads(out.read_text())
     found = record["answers"][0]["evidence"]
     assert len(found) == 1 and 40.0 <= found[0]["start_s"] <= found[0]["end_s"] < 43.0
-    link = f"#t={found[0]['start_s']:g}" + (f",{found[0]['end_s']:g}" if found[0]["end_s"] > found[0]["start_s"] else "")
+    start, end = found[0]["start_s"], found[0]["end_s"]
+    link = f"#t={start:g}" + (f",{end:g}" if end > start else "")
     assert f"*Evidence:* [0:40" in md.read_text() and f"{videos['cfr']}{link}>)" in md.read_text()

@@ -189,7 +189,8 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
             "fps": sampling.fps if source.kind == "video" else None, "decoder": source.decoder,
             "from_cache": source.from_cache, "cache": cache_info, "notes": source.notes,
             "warnings": source.report.warnings(),
-            "answers": [{"question": q, "answer": a, **found.fields(i)} for i, (q, a) in enumerate(zip(questions, answers))],
+            "answers": [{"question": q, "answer": a, **found.fields(i)}
+                        for i, (q, a) in enumerate(zip(questions, answers))],
             "timings_s": {**recorder.timings(), "total": round(time.monotonic() - started, 3)},
         }
         if evidence_plot is not None:

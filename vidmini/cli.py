@@ -217,7 +217,8 @@ def ask(
     memory_snapshot: Optional[Path] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
     memory_plot: Optional[Path] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
     evidence: Optional[int] = EvidenceOpt,
-    evidence_plot: Optional[Path] = typer.Option(None, "--evidence-plot", help="Write a PNG of each answer's attention over video time, its moments marked (implies --evidence; needs matplotlib)."),
+    evidence_plot: Optional[Path] = typer.Option(None, "--evidence-plot", help="Write a PNG of each answer's attention "
+                                                 "over video time, its moments marked (implies --evidence; needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
     max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer questions: each question runs through pre-fusion with every frame, so its length multiplies the work."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),

@@ -31,10 +31,12 @@ def evidence_layers(num_layers: int, depth: tuple[float, float] = EVIDENCE_DEPTH
 
 
 def check_attention(decoder, layers: list[int]) -> None:
+    """Fail loudly on an attention this module cannot re-score (another q path, a norm on q, no shared RoPE)."""
     for i in layers:
         attn = decoder.layers[i].self_attn
         missing = [a for a in ("q_proj", "head_dim", "scaling", "num_key_value_groups") if not hasattr(attn, a)]
-        if missing or not hasattr(decoder.layers[i], "input_layernorm") or hasattr(attn, "q_norm"):
+        if missing or not hasattr(decoder.layers[i], "input_layernorm") or hasattr(attn, "q_norm") \
+                or not hasattr(decoder, "rotary_emb"):
             raise RuntimeError(f"--evidence: layer {i} of this LLM ({type(attn).__name__}) is not a Llama-family "
                                "attention (q_proj + RoPE, no q_norm); evidence cannot re-score its queries")
 
@@ -58,7 +60,9 @@ class QueryCapture:
 
     def _hook(self, layer: int):
         def keep(module, args, out):
-            self.rows[layer].append(out[0, -1])  # [H]: the last position of this call, the only one that is a query
+            # [H]: the last position of this call, the only one that is a query. A copy: a view would keep the
+            # whole chunk's [n, H] output alive.
+            self.rows[layer].append(out[0, -1].clone())
         return keep
 
     def prompt_done(self) -> None:
