@@ -123,10 +123,15 @@ def distance_s(moment: dict, start: float, end: float) -> float:
     return max(0.0, start - moment["end_s"], moment["start_s"] - end)
 
 
-def top_moment(scores, times) -> dict:
+def top_moment(scores, times) -> dict | None:
     from vidmini.evidence import moments
 
-    return moments(scores.numpy(), times.numpy(), 1)[0].to_dict()
+    found = moments(scores.numpy(), times.numpy(), 1)
+    return found[0].to_dict() if found else None
+
+
+def hit(top: dict | None, event) -> bool:
+    return top is not None and distance_s(top, event.start, event.end) <= TOLERANCE_S
 
 
 def timed_answer(engine, encoded, queries, evidence: bool):
@@ -170,16 +175,17 @@ def localise(engine, lengths, count, asked_when, seed, layers, default, timed: i
             event = nd.timeline.events[0]
             for i, qa in enumerate(nd.questions):
                 text, rel = engine.decode_text(tokens[i]), relevance[i]
-                top = top_moment(rel.by_layer[chosen].mean(0), rel.times)
+                top = top_moment(rel.scores(chosen), rel.times)
+                raw = top_moment(rel.answer[chosen].mean(0), rel.times)  # without the baseline, for comparison
                 row = {"length_s": length, "k": nd.k, "kind": event.item.kind, "question_kind": qa.kind,
                        "item": event.item.describe(), "needle_s": [round(event.start, 1), round(event.end, 1)],
                        "question": qa.question, "expected": qa.answer, "answer": text, "right": qa.check(text),
-                       "top": top, "distance_s": round(distance_s(top, event.start, event.end), 1),
+                       "top": top, "distance_s": round(distance_s(top, event.start, event.end), 1) if top else None,
+                       "hit": hit(top, event), "hit_raw_attention": hit(raw, event),
                        "answer_s": round(answer_s, 1), **({"cost": cost} if cost and i == 0 else {})}
-                row["hit"] = row["distance_s"] <= TOLERANCE_S
                 if len(layers) > len(default):
-                    row["hit_by_layer"] = [distance_s(top_moment(rel.by_layer[j], rel.times), event.start,
-                                                      event.end) <= TOLERANCE_S for j in range(len(layers))]
+                    row["hit_by_layer"] = [hit(top_moment(rel.scores([j]), rel.times), event)
+                                           for j in range(len(layers))]
                 print(json.dumps({k: v for k, v in row.items() if k != "hit_by_layer"}), flush=True)
                 rows.append(row)
     return rows
@@ -205,10 +211,10 @@ def cost(model, tokenizer, length: int, seed: int, work: str) -> dict:
         print(json.dumps(runs[-1]), flush=True)
     without = (runs[0]["seconds"] + runs[2]["seconds"]) / 2
     event = nd.timeline.events[0]
-    top = runs[1]["answer"]["evidence"][0]
+    found = runs[1]["answer"]["evidence"]
     return {"length_s": length, "frames": length, "needle_s": [round(event.start, 1), round(event.end, 1)],
             "runs": runs, "same_answers": len({r["answer"]["answer"] for r in runs}) == 1,
-            "top_within_3s": distance_s(top, event.start, event.end) <= TOLERANCE_S,
+            "top_within_3s": hit(found[0] if found else None, event),
             "overhead": round((runs[1]["seconds"] - without) / without, 4),
             "evidence_stage_s": runs[1]["timings_s"].get("evidence")}
 
@@ -223,7 +229,8 @@ def summarize(rows: list[dict], lengths: list[int], depth: int) -> dict:
     """Hit rates of the needle questions (overall, by length, by kind) and, apart, of the "when" questions."""
     needle = [r for r in rows if r["question_kind"] != "when"]
     timing = [r for r in rows if r["question_kind"] == "when"]
-    out = {"needles": {"top_moment_within_3s": rate(needle, "hit"), "answer_right": rate(needle, "right")},
+    out = {"needles": {"top_moment_within_3s": rate(needle, "hit"), "answer_right": rate(needle, "right"),
+                       "raw_attention_top_within_3s": rate(needle, "hit_raw_attention")},
            "by_length": {str(n): {"top_moment_within_3s": rate((r for r in needle if r["length_s"] == n), "hit"),
                                   "answer_right": rate((r for r in needle if r["length_s"] == n), "right")}
                          for n in lengths},

@@ -17,8 +17,9 @@ BRIGHT = (40.0, 43.0)  # seconds of the test video that are white; every other f
 
 # ---- the signal ----------------------------------------------------------------------------------------------
 def test_rescored_attention_equals_the_eager_attention_weights():
-    """Queries captured by the hooks and scored against the cache give exactly the attention the model computes,
-    summed over each frame's K tokens (here 4), averaged over heads and query positions, per layer."""
+    """Rows captured by the hooks and scored against the cache give exactly the attention the model computes,
+    summed over each frame's K tokens (here 4), averaged over heads (and over the query positions), per layer:
+    for the queries and for the baseline position right after the frames."""
     from vidmini.model.generate import decode_step, new_cache, prefill
     from vidmini.model.relevance import QueryCapture
     from vidmini.testing.tiny_checkpoint import build_model
@@ -31,22 +32,22 @@ def test_rescored_attention_equals_the_eager_attention_weights():
     generated = [20, 21, 22]
     cache = new_cache(model, 64)
     capture = QueryCapture(model.get_decoder(), [0, 1])
+    after = 3 + 24  # the first position after the frames
     with torch.no_grad():
         prefill(model, [prefix, frames], cache, chunk=5)
-        with capture.recording():
-            prefill(model, [suffix], cache, chunk=3, start=cache.length)  # two chunks: only the last row counts
-        capture.prompt_done()
-        with capture.recording():
+        with capture.recording(after):
+            prefill(model, [suffix], cache, chunk=3, start=cache.length)  # two chunks: the baseline is in the first
             for token in generated:
                 decode_step(model, token, cache.length, cache)
-        ours = capture.frame_attention(cache, first=3, frames=6, per_frame=4)  # [layers, 6]
+        ours = capture.frame_attention(cache, first=3, frames=6, per_frame=4, queries_from=after + 3)  # [2, 2, 6]
         model.set_attn_implementation("eager")
         sequence = torch.cat([prefix, frames, suffix, embed(torch.tensor(generated))])[None]
         weights = model.language_forward(inputs_embeds=sequence, output_attentions=True).attentions
     queries = 1 + len(generated)
-    expected = torch.stack([w[0, :, -queries:, 3:27].unflatten(-1, (6, 4)).sum(-1).mean((0, 1)) for w in weights])
+    per_frame = [w[0, :, :, 3:27].unflatten(-1, (6, 4)).sum(-1).mean(0) for w in weights]  # [positions, 6] per layer
+    expected = torch.stack([torch.stack([p[-queries:].mean(0), p[after]]) for p in per_frame], dim=1)
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
-    assert not any(layer.input_layernorm._forward_hooks for layer in model.get_decoder().layers)
+    assert not any(layer._forward_pre_hooks for layer in model.get_decoder().layers)
 
 
 @pytest.mark.parametrize("family", ["llava_mini", "llava_next_video", "llava_onevision"])
@@ -83,9 +84,11 @@ def test_the_engine_scores_each_frames_k_tokens_as_the_model_attends(family, tmp
     with torch.no_grad():
         weights = model.language_forward(inputs_embeds=sequence, output_attentions=True).attentions
     n, first = 1 + len(fed), len(prefix)
-    expected = torch.stack([weights[i][0, :, -n:, first : first + 5 * k].unflatten(-1, (5, k)).sum(-1).mean((0, 1))
-                            for i in found[0].layers])
-    torch.testing.assert_close(found[0].by_layer, expected, atol=1e-5, rtol=1e-4)
+    per_frame = [weights[i][0, :, :, first : first + 5 * k].unflatten(-1, (5, k)).sum(-1).mean(0)  # [positions, 5]
+                 for i in found[0].layers]
+    after = first + 5 * k + len(engine.frames.after_frames())
+    torch.testing.assert_close(found[0].answer, torch.stack([p[-n:].mean(0) for p in per_frame]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(found[0].baseline, torch.stack([p[after] for p in per_frame]), atol=1e-5, rtol=1e-4)
     assert found[0].times.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
@@ -140,19 +143,25 @@ def write_video(path, times, fps=4):
     return path
 
 
+QUESTION = "What happens?"  # the question the spotlight checkpoint is made for
+
+
 def look_at_white(model, tokenizer) -> None:
-    """Every LLM layer's attention goes to the frames that look white: the residual stream is kept equal to the
-    input at every layer (attention and MLP outputs zeroed), each query is one constant vector (q_proj's bias),
-    and each key is that vector times how far the position's input lies toward a white frame's token and away
-    from a black one's. The vector sits in the head's slowest RoPE pair, which turns by < 1e-3 rad over the test's
-    positions, so the score is the same from every query position."""
+    """Every LLM layer's last question position attends to the frames that look white, and the first position after
+    the frames (the baseline) does not. The residual stream is kept equal to the input at every layer (attention
+    and MLP outputs zeroed). Each key is a unit along one direction times how far its position's input lies toward
+    a white frame's token and away from a black one's; each query is that direction times how far its input lies
+    from the baseline token's toward the question's last token (as they come out of pre-fusion for QUESTION on
+    dark frames). The direction is the head's slowest RoPE pair, which turns by < 1e-3 rad over the test's
+    positions, so position does not matter."""
     from vidmini.engine import Engine, EngineOptions, Query
     from vidmini.video import FrameBatch
 
-    pixels = np.stack([np.full((336, 336, 3), v, np.uint8) for v in (255, 0)])
-    engine = Engine(model, tokenizer, EngineOptions(batch_size=2))
-    batch = FrameBatch(pixels, np.zeros(2), np.arange(2))
-    tokens = engine.encode([batch], 2, [Query("What happens?")]).buffer.frames()  # [2, H]: question-independent
+    pixels = np.stack([np.full((336, 336, 3), v, np.uint8) for v in (255, 0, 0, 0, 0, 0)])
+    engine = Engine(model, tokenizer, EngineOptions(batch_size=6))
+    encoded = engine.encode([FrameBatch(pixels, np.zeros(6), np.arange(6))], 6, [Query(QUESTION)])
+    tokens = encoded.buffer.frames()[:2]  # [2, H]: a white frame's, a black one's (question-independent)
+    _, suffix = engine.frames.pieces(encoded, (0, None), 6, 0)
     decoder = model.get_decoder()
     with torch.no_grad():
         for layer in decoder.layers:
@@ -160,14 +169,17 @@ def look_at_white(model, tokenizer) -> None:
             for proj in (attn.o_proj, layer.mlp.down_proj):
                 proj.weight.zero_()
             white, black = layer.input_layernorm(tokens)  # [H] each
-            toward = white - black
+            baseline, question = layer.input_layernorm(suffix[[0, -1]])  # [H] each
+            toward_white, toward_question = white - black, question - baseline
+            for proj in (attn.k_proj, attn.q_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
             slow = torch.arange(attn.k_proj.out_features // head_dim) * head_dim + head_dim - 1  # per KV head
-            attn.k_proj.weight.zero_()
-            attn.k_proj.bias.zero_()
-            attn.k_proj.weight[slow] = toward / toward.norm() ** 2  # key: 1 at a white frame, 0 at a black one
-            attn.q_proj.weight.zero_()
-            attn.q_proj.bias.zero_()
-            attn.q_proj.bias[torch.arange(attn.q_proj.out_features // head_dim) * head_dim + head_dim - 1] = 60.0
+            attn.k_proj.weight[slow] = toward_white / toward_white.norm() ** 2  # 1 at a white frame, 0 at a black
+            slow = torch.arange(attn.q_proj.out_features // head_dim) * head_dim + head_dim - 1  # per head
+            gain = 60.0 / toward_question.norm() ** 2  # 60 at the question's last position, 0 at the baseline
+            attn.q_proj.weight[slow] = gain * toward_question
+            attn.q_proj.bias[slow] = -gain * (toward_question @ baseline)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +211,8 @@ def top(run) -> dict:
 
 
 def ask(cli, spotlight, video, *extra):
-    return cli("ask", video, "What happens?", "--model", spotlight, "--max-new-tokens", 2, "--evidence", 1,
+    # one new token: the question's last position is the only query (a generated one would be any word)
+    return cli("ask", video, QUESTION, "--model", spotlight, "--max-new-tokens", 1, "--evidence", 1,
                "--json", "-q", *extra)
 
 
@@ -248,7 +261,7 @@ def test_without_evidence_no_hook_and_the_same_answers(tiny_model):
         encoded = engine.encode([FrameBatch(pixels, np.arange(6) + 0.5, np.arange(6))], 6, queries)
         found = {}
         def token(i, t):
-            hooked.append(any(layer.input_layernorm._forward_hooks for layer in layers))
+            hooked.append(any(layer._forward_pre_hooks for layer in layers))
 
         tokens = engine.answer(encoded, queries, on_evidence=found.__setitem__, on_token=token)
         return tokens, found, engine.recorder.timings()
@@ -260,7 +273,7 @@ def test_without_evidence_no_hook_and_the_same_answers(tiny_model):
     assert all(hooked) and with_evidence == plain
     assert sorted(found) == [0, 1, 2]
     assert found[2].times.tolist() == [2.5, 3.5, 4.5]  # the chapter's own frames
-    assert not any(layer.input_layernorm._forward_hooks for layer in layers)  # removed after the answers
+    assert not any(layer._forward_pre_hooks for layer in layers)  # removed after the answers
 
 
 def test_json_fields_and_text_lines(tiny_checkpoint, cli):
@@ -290,14 +303,14 @@ def test_json_fields_and_text_lines(tiny_checkpoint, cli):
 def test_plot_written_and_rewritten_but_never_over_a_users_file(spotlight, videos, cli, tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "evidence.png"
-    run = cli("ask", videos["cfr"], "What happens?", "--model", spotlight, "--max-new-tokens", 1, "-q",
+    run = cli("ask", videos["cfr"], QUESTION, "--model", spotlight, "--max-new-tokens", 1, "-q",
               "--evidence-plot", plot)
     assert run.code == 0, run.stderr
     head = plot.read_bytes()[:4096]
     assert head.startswith(b"\x89PNG") and PLOT_SOFTWARE.encode() in head
     assert "evidence: 0:40–0:42" in run.stdout  # --evidence-plot alone implies --evidence
     before = plot.stat().st_mtime_ns
-    assert cli("ask", videos["cfr"], "What happens?", "--model", spotlight, "--max-new-tokens", 1, "-q",
+    assert cli("ask", videos["cfr"], QUESTION, "--model", spotlight, "--max-new-tokens", 1, "-q",
                "--evidence-plot", plot).code == 0
     assert plot.stat().st_mtime_ns != before  # our own plot is replaced
 
@@ -314,7 +327,7 @@ def test_plot_written_and_rewritten_but_never_over_a_users_file(spotlight, video
 def test_summarize_records_carry_evidence_and_the_markdown_links_to_it(spotlight, videos, cli, tmp_path):
     out, md = tmp_path / "report.jsonl", tmp_path / "report.md"
     args = ["summarize", videos["cfr"], "--out", out, "--markdown", md, "--model", spotlight, "--max-new-tokens", 1,
-            "--question", "What happens?", "-q"]
+            "--question", QUESTION, "-q"]
     assert cli(*args).code == 0
     assert "evidence" not in json.loads(out.read_text())["answers"][0]
     run = cli(*args, "--evidence", 1)  # asked for now: the record is redone with it

@@ -216,7 +216,7 @@ class Evidence:
     def add(self, i: int, relevance) -> None:
         from vidmini.evidence import describe, moments
 
-        times, scores = relevance.times.numpy(), relevance.scores.numpy()
+        times, scores = relevance.times.numpy(), relevance.scores().numpy()
         found = [m.to_dict() for m in moments(scores, times, self.count)]
         self.found[i] = (times, scores, found)
         if self.stream:

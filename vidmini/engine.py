@@ -91,13 +91,19 @@ class TokenBuffer:
 class Relevance:
     """How much an answer attended to each frame of its range (vidmini.model.relevance), and when each frame is."""
 
-    by_layer: torch.Tensor  # [layers, F] fp32: mean attention over heads and query positions, per chosen layer
+    answer: torch.Tensor  # [layers, F] fp32: per chosen layer, the answer's attention (mean over heads and positions)
+    baseline: torch.Tensor  # [layers, F] fp32: the attention paid by the first position after the frames
     times: torch.Tensor  # [F] float64: the frames' presentation times, seconds from the video's start
-    layers: list[int]  # the LLM layers of by_layer's rows
+    layers: list[int]  # the LLM layers of the rows
 
-    @property
-    def scores(self) -> torch.Tensor:
-        return self.by_layer.mean(0)  # [F]
+    def scores(self, rows: list[int] | None = None) -> torch.Tensor:
+        """[F] >= 0: how much more of its attention to the video the answer pays each frame than the baseline
+        does (each as a share of its own attention to the video, so an answer that mostly reads its own words
+        is compared by where it looks, not how much), averaged over the layers (or these rows of them)."""
+        rows = slice(None) if rows is None else rows
+        answer, baseline = self.answer[rows], self.baseline[rows]  # [L, F] each
+        share = answer / answer.sum(-1, keepdim=True).clamp(min=1e-30)
+        return (share - baseline / baseline.sum(-1, keepdim=True).clamp(min=1e-30)).mean(0).clamp(min=0)
 
 
 @dataclass
@@ -351,25 +357,27 @@ class Engine:
         capture = self._capture()
         recording = capture.recording if capture else nullcontext
         for i, (prefix, suffix) in zip(members, embeds):
-            with self.recorder.stage("LLM prefill"), recording():
+            after_frames = len(prefix) + len(frames) + len(after)  # the first position after the video
+            with self.recorder.stage("LLM prefill"), recording(after_frames):
                 if same_prefix:
                     cache.rewind(shared_len)
                     logits = self._prefill([suffix], cache, shared_len)
                 else:
                     cache.rewind(0)
                     logits = self._prefill([prefix, frames, after, suffix], cache, 0)
-            if capture:
-                capture.prompt_done()
-            with self.recorder.stage("answer decode"), recording():
+            with self.recorder.stage("answer decode"), recording(after_frames):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
                 tokens = decode(self.model, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)
             self._measure_cache(cache, shared_len + longest + max_new)
             if capture:
                 with self.recorder.stage("evidence"):
-                    by_layer = capture.frame_attention(cache, len(prefix), end - start, encoded.buffer.tokens_per_frame)
+                    answer, baseline = capture.frame_attention(
+                        cache, len(prefix), end - start, encoded.buffer.tokens_per_frame,
+                        queries_from=after_frames + len(suffix) - 1)  # the question's last position on
                     capture.clear()
                 if on_evidence:
-                    on_evidence(i, Relevance(by_layer.cpu(), encoded.buffer.times[start:end].clone(), capture.layers))
+                    times = encoded.buffer.times[start:end].clone()
+                    on_evidence(i, Relevance(answer.cpu(), baseline.cpu(), times, capture.layers))
             yield tokens
 
     def _prefill(self, pieces, cache, start):
