@@ -7,6 +7,7 @@ import sys
 import time
 
 from vidmini.engine import Engine, Query
+from vidmini.evidence import Evidence
 from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length, cost_note
 from vidmini.sources import Sampling, Source, is_image, open_image, open_video
 from vidmini.video import StreamOptions, VideoError
@@ -203,34 +204,6 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
         return result
     finally:
         recorder.close()
-
-
-class Evidence:
-    """Each answer's moments (vidmini.evidence), as its Relevance arrives: printed after the streamed answer,
-    kept for --json and the plot."""
-
-    def __init__(self, engine: Engine, count: int, duration_s: float | None, stream=None):
-        self.engine, self.count, self.duration_s, self.stream = engine, count, duration_s, stream
-        self.found: dict[int, tuple] = {}  # query index -> (times [F], scores [F], moments as dicts)
-
-    def add(self, i: int, relevance) -> None:
-        from vidmini.evidence import describe, moments
-
-        times, scores = relevance.times.numpy(), relevance.scores().numpy()
-        found = [m.to_dict() for m in moments(scores, times, self.count)]
-        self.found[i] = (times, scores, found)
-        if self.stream:
-            self.stream.close(i, self.engine.decode_text(self.stream.tokens.get(i, [])),
-                              describe(found, self.duration_s))
-
-    def fields(self, i: int) -> dict:
-        """{"evidence": [...]} for answer i's JSON, or nothing without --evidence."""
-        return {"evidence": self.found[i][2]} if i in self.found else {}
-
-    def plot(self, questions: list[str], path: str) -> None:
-        from vidmini.evidence import write_plot
-
-        write_plot([(q, *self.found[i]) for i, q in enumerate(questions) if i in self.found], path)
 
 
 def _cache_info(source: Source) -> dict | None:

@@ -93,3 +93,27 @@ def write_plot(rows: list[tuple[str, np.ndarray, np.ndarray, list[dict]]], path:
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)
+
+
+class Evidence:
+    """Each answer's moments, as its Relevance (vidmini.engine) arrives: printed after the answer when it streams
+    (vidmini.ask.TextStreamer), kept for --json, the summarize record and the plot."""
+
+    def __init__(self, engine, count: int, duration_s: float | None, stream=None):
+        self.engine, self.count, self.duration_s, self.stream = engine, count, duration_s, stream
+        self.found: dict[int, tuple] = {}  # query index -> (times [F], scores [F], moments as dicts)
+
+    def add(self, i: int, relevance) -> None:
+        times, scores = relevance.times.numpy(), relevance.scores().numpy()
+        found = [m.to_dict() for m in moments(scores, times, self.count)]
+        self.found[i] = (times, scores, found)
+        if self.stream:
+            self.stream.close(i, self.engine.decode_text(self.stream.tokens.get(i, [])),
+                              describe(found, self.duration_s))
+
+    def fields(self, i: int) -> dict:
+        """{"evidence": [...]} for answer i's JSON, or nothing without --evidence."""
+        return {"evidence": self.found[i][2]} if i in self.found else {}
+
+    def plot(self, questions: list[str], path: str) -> None:
+        write_plot([(q, *self.found[i]) for i, q in enumerate(questions) if i in self.found], path)

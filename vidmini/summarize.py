@@ -197,7 +197,8 @@ def chapter_ranges(times_s, duration_s: float, minutes: float | None) -> list[tu
 
 
 def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> dict:
-    from vidmini.ask import Evidence, Progress, run_queries
+    from vidmini.ask import Progress, run_queries
+    from vidmini.evidence import Evidence
     from vidmini.engine import Query
     from vidmini.sources import Sampling, open_video
     from vidmini.video import StreamOptions, VideoError
