@@ -145,7 +145,7 @@ def timed_answer(engine, encoded, queries, evidence: bool):
     return tokens, relevance, seconds, engine.recorder.timings().get("evidence", 0.0) - before
 
 
-def localise(engine, lengths, count, asked_when, seed, layers, default, timed: int) -> list[dict]:
+def localise(engine, lengths, count, asked_when, seed, layers, default, timed: int, save) -> list[dict]:
     from vidmini.engine import Query
 
     chosen = [layers.index(i) for i in default]
@@ -188,6 +188,7 @@ def localise(engine, lengths, count, asked_when, seed, layers, default, timed: i
                                            for j in range(len(layers))]
                 print(json.dumps({k: v for k, v in row.items() if k != "hit_by_layer"}), flush=True)
                 rows.append(row)
+            save(rows)  # after every needle: an interrupted run keeps what it measured
     return rows
 
 
@@ -281,15 +282,20 @@ def main(argv=None) -> None:
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch_threads": threads},
               "model": args.model, "seed": args.seed, "layers": list(default), "tolerance_s": TOLERANCE_S,
               "command": "python bench/evidence.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    rows = localise(engine, lengths, args.count, asked_when, args.seed, layers, default, args.timed) \
+
+    def save(rows: list[dict]) -> None:
+        report["summary"] = summarize(rows, lengths, depth if args.all_layers else 0)
+        report["needles"] = rows
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+
+    rows = localise(engine, lengths, args.count, asked_when, args.seed, layers, default, args.timed, save) \
         if args.count else []
-    report["summary"] = summarize(rows, lengths, depth if args.all_layers else 0)
+    save(rows)
     if args.cost:
         with tempfile.TemporaryDirectory() as work:
             report["cost"] = cost(model, tokenizer, max(lengths), args.seed, work)
-    report["needles"] = rows
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+    save(rows)
     print(json.dumps({k: report[k] for k in ("summary", "cost") if k in report}, indent=1))
 
 

@@ -97,16 +97,14 @@ class Relevance:
     layers: list[int]  # the LLM layers of the rows
 
     def scores(self, rows: list[int] | None = None) -> torch.Tensor:
-        """[F] >= 0: the attention the answer pays each frame beyond the baseline's, averaged over the layers (or
-        these rows of them). An answer that mostly reads its own words may pay every frame less than the baseline
-        does; it is then compared by where it looks, each as a share of its own attention to the video."""
+        """[F] >= 0: how much more attention the answer pays each frame than the baseline does, above what it pays
+        a typical frame (the median): an answer that reads mostly its own words may pay every frame less than the
+        baseline, and still single out the frames it looks at. Averaged over the layers (or these rows of them).
+        All equal (one frame, or nothing stands out): every frame scores the same."""
         rows = slice(None) if rows is None else rows
-        answer, baseline = self.answer[rows], self.baseline[rows]  # [L, F] each
-        beyond = (answer - baseline).mean(0).clamp(min=0)  # [F]
-        if beyond.any():
-            return beyond
-        share = answer / answer.sum(-1, keepdim=True).clamp(min=1e-30)
-        return (share - baseline / baseline.sum(-1, keepdim=True).clamp(min=1e-30)).mean(0).clamp(min=0)
+        beyond = (self.answer[rows] - self.baseline[rows]).mean(0)  # [F]
+        above = (beyond - beyond.median()).clamp(min=0)
+        return above if above.any() else torch.ones_like(beyond)
 
 
 @dataclass
