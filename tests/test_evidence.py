@@ -340,15 +340,10 @@ def test_summarize_records_carry_evidence_and_the_markdown_links_to_it(spotlight
     assert f"*Evidence:* [0:40" in md.read_text() and f"{videos['cfr']}{link}>)" in md.read_text()
 
 
-def test_relevance_is_attention_beyond_the_baseline_above_a_typical_frame():
+def test_relevance_is_the_answers_attention_averaged_over_layers():
     from vidmini.engine import Relevance
 
-    times = torch.arange(5, dtype=torch.float64)
-    baseline = torch.tensor([[0.4, 0.1, 0.1, 0.2, 0.1]])
-    answer = torch.tensor([[0.1, 0.3, 0.1, 0.2, 0.1]])  # beyond the baseline: -0.3, 0.2, 0, 0, 0 (median 0)
-    torch.testing.assert_close(Relevance(answer, baseline, times, [0]).scores(), torch.tensor([0, 0.2, 0, 0, 0]))
-    # an answer paying every frame less than the baseline still singles out the frame it looks at most
-    quiet = Relevance(answer - 0.25, baseline, times, [0]).scores()
-    assert int(quiet.argmax()) == 1 and quiet[1] > 0 and (quiet[[0, 2, 3, 4]] == 0).all()
-    flat = Relevance(torch.full((1, 5), 0.1), torch.full((1, 5), 0.1), times, [0]).scores()
-    torch.testing.assert_close(flat, torch.ones(5))
+    answer = torch.tensor([[0.1, 0.3, 0.0], [0.3, 0.1, 0.2]])
+    relevance = Relevance(answer, torch.zeros(2, 3), torch.arange(3, dtype=torch.float64), [4, 5])
+    torch.testing.assert_close(relevance.scores(), torch.tensor([0.2, 0.2, 0.1]))
+    torch.testing.assert_close(relevance.scores([1]), answer[1])

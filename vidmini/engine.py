@@ -92,19 +92,16 @@ class Relevance:
     """How much an answer attended to each frame of its range (vidmini.model.relevance), and when each frame is."""
 
     answer: torch.Tensor  # [layers, F] fp32: per chosen layer, the answer's attention (mean over heads and positions)
-    baseline: torch.Tensor  # [layers, F] fp32: the attention paid by the first position after the frames
+    baseline: torch.Tensor  # [layers, F] fp32: paid by the first position after the frames (not the question)
     times: torch.Tensor  # [F] float64: the frames' presentation times, seconds from the video's start
     layers: list[int]  # the LLM layers of the rows
 
     def scores(self, rows: list[int] | None = None) -> torch.Tensor:
-        """[F] >= 0: how much more attention the answer pays each frame than the baseline does, above what it pays
-        a typical frame (the median): an answer that reads mostly its own words may pay every frame less than the
-        baseline, and still single out the frames it looks at. Averaged over the layers (or these rows of them).
-        All equal (one frame, or nothing stands out): every frame scores the same."""
+        """[F]: the answer's attention to each frame, averaged over the layers (or these rows of them). The
+        baseline is kept for measurement only: subtracting it did not localise better on the demo model's needles
+        (bench/evidence.py reports both)."""
         rows = slice(None) if rows is None else rows
-        beyond = (self.answer[rows] - self.baseline[rows]).mean(0)  # [F]
-        above = (beyond - beyond.median()).clamp(min=0)
-        return above if above.any() else torch.ones_like(beyond)
+        return self.answer[rows].mean(0)
 
 
 @dataclass

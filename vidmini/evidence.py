@@ -29,7 +29,7 @@ class Moment:
 
 
 def moments(scores: np.ndarray, times: np.ndarray, count: int = DEFAULT_MOMENTS) -> list[Moment]:
-    """The `count` strongest moments, strongest first. scores [F] >= 0, times [F] ascending."""
+    """The moments around the `count` highest peaks, the largest score first. scores [F] >= 0, times [F] ascending."""
     import numpy as np
 
     scores = np.asarray(scores, dtype=np.float64)
@@ -45,7 +45,7 @@ def moments(scores: np.ndarray, times: np.ndarray, count: int = DEFAULT_MOMENTS)
             hi += 1
         free[max(0, lo - 1) : hi + 2] = False  # a frame right beside a moment is part of it or below it, not another
         out.append(Moment(float(times[lo]), float(times[hi]), float(scores[lo : hi + 1].sum() / total)))
-    return out
+    return sorted(out, key=lambda m: -m.score)  # a run of frames can outweigh a higher single peak
 
 
 def clock(seconds: float, hours: bool) -> str:

@@ -7,11 +7,8 @@ queries (the layer's own norm, q_proj, then RoPE at their positions) are scored 
 KV cache: [heads, a few queries, positions] per layer, in blocks of queries. Never the [N, N] attention, nothing
 kept per layer but a few rows, and the LLM keeps its SDPA.
 
-The answer's relevance of a frame is the attention its positions pay to it minus the attention the first position
-after the frames pays to it. That position has seen the video but not the question: what it attends to is what
-draws attention whatever is asked (a striking scene, the last frames). Measured on the demo model's needles
-(bench/evidence.py), the raw attention put the top moment on such a frame for most questions; the difference puts
-it on the needle.
+The baseline position (it has seen the video, not the question) is scored too, for measurement: on the demo
+model's needles, subtracting it did not localise better than the answer's own attention (bench/evidence.py).
 
 The hook, the norm, q_proj, head_dim, scaling and the RoPE function are transformers' Llama-family decoder layer
 (Llama, Qwen2, Mistral: LLaVA-Mini and the HF video backends). `check_attention` fails loudly on one that differs.
