@@ -5,7 +5,8 @@
 
 Part 1: still clips (one scene, 1-3 items, 3-8 s) and sequence clips (items appearing one after another, 20-40 s)
 drawn from held-out seeds (0..999; training draws from other seeds), written as H.264 files at random sizes and
-qualities, every question of a clip asked in one `ask` pass (one model load for all clips). Accuracy by type.
+qualities, every question of a clip asked in one `ask` pass (one model load for all clips). Accuracy by type; for
+"when" questions also whether the top `--evidence` moment lies on the item's first showing (within 3 s).
 Part 2: one item shown for 5 s at a chosen position of a 1-fps video of backgrounds only (10 min, 1 h, 3 h), asked
 through `vidmini ask --model demo --json` in a fresh process each, so the time includes the model load. Where
 the video has more frames than the LLM's 8k context holds, the engine's capacity rule samples fewer frames spread
@@ -58,6 +59,7 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict
     from vidmini.ask import Sampling, run_ask
 
     results = defaultdict(lambda: [0, 0])
+    evidence = [0, 0]  # "when" questions whose top evidence moment lies on the item's first showing (+- 3 s), asked
     examples = []
     for i in range(n_still + n_seq):
         rng = random.Random(i)  # held-out: training seeds are 1000+ (see train/)
@@ -72,11 +74,14 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict
         path = str(work / f"clip{i}.mp4")
         write_video(tl, path, fps=rng.choice([1, 2, 5]), width=w, height=h, crf=crf, noise=rng.choice([0, 0, 4]))
         out = run_ask(model, tokenizer, path, [q.question for q in qas], model_name="demo", sampling=Sampling(),
-                      max_new_tokens=16, use_cache=False, progress=False)
+                      max_new_tokens=16, use_cache=False, progress=False, evidence=1)
         for qa, a in zip(qas, out["answers"]):
             ok = qa.check(a["answer"])
             results[qa.kind][0] += ok
             results[qa.kind][1] += 1
+            if qa.kind == "when":  # where the answer looked: the top --evidence moment on the item's first showing
+                evidence[0] += evidence_on(tl, qa, a["evidence"])
+                evidence[1] += 1
             if len(examples) < 40:
                 examples.append({"clip": i, "question": qa.question, "expected": qa.answer, "answer": a["answer"],
                                  "right": ok})
@@ -84,7 +89,17 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict
     single = [results[k] for k in SINGLE_EVENT if k in results]
     r, n = sum(x[0] for x in single), sum(x[1] for x in single)
     return {"by_type": table, "single_event": {"right": r, "asked": n, "accuracy": round(r / max(1, n), 3)},
+            "when_evidence": {"on_the_item": evidence[0], "asked": evidence[1],
+                              "rate": round(evidence[0] / max(1, evidence[1]), 3)},
             "examples": examples}
+
+
+def evidence_on(tl, qa, found: list[dict], tolerance_s: float = 3.0) -> bool:
+    """Whether the top evidence moment lies within tolerance_s of the first showing of the item a "when" question
+    names ("When does the red star first appear?", "... the digit 7 ...")."""
+    first = min((e for e in tl.events if f" the {e.item.colour} {e.item.value} " in qa.question
+                 or f" the {e.item.kind} {e.item.value} " in qa.question), key=lambda e: e.start)
+    return bool(found) and max(first.start - found[0]["end_s"], found[0]["start_s"] - first.end) <= tolerance_s
 
 
 def part_needle(lengths: list[int], positions: list[float], work: Path, model_id: str, seed: int = 500) -> list[dict]:
@@ -214,6 +229,10 @@ def write_report(report: dict, out: str) -> None:
             lines.append(f"{k:20s} {v['right']:5d}/{v['asked']:<5d}  {v['accuracy']:.1%}")
         s = report["questions"]["single_event"]
         lines.append(f"{'single-event (all)':20s} {s['right']:5d}/{s['asked']:<5d}  {s['accuracy']:.1%}")
+        w = report["questions"].get("when_evidence")
+        if w:
+            lines.append(f"{'when: top evidence':20s} {w['on_the_item']:5d}/{w['asked']:<5d}  {w['rate']:.1%}"
+                         "  (on the item's first showing, +- 3 s)")
     if report["needle"]:
         lines.append("needle: length  position  frames  right  answer time (s, load included)  answer")
         for r in report["needle"]:

@@ -7,6 +7,7 @@ import sys
 import time
 
 from vidmini.engine import Engine, Query
+from vidmini.evidence import Evidence
 from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length, cost_note
 from vidmini.sources import Sampling, Source, is_image, open_image, open_video, plan_video
 from vidmini.video import StreamOptions, VideoError
@@ -77,8 +78,9 @@ class Progress:
 
 
 def run_queries(engine: Engine, source: Source, queries: list[Query], progress: Progress,
-                on_token=None, on_answer_start=None) -> tuple[list[str], object]:
-    """Encode the source once for all queries, then answer them. Returns (answers, encoded)."""
+                on_token=None, on_answer_start=None, on_evidence=None) -> tuple[list[str], object]:
+    """Encode the source once for all queries, then answer them. Returns (answers, encoded). With the engine's
+    evidence option, on_evidence(query index, Relevance) follows each answer."""
     progress.start(f"{os.path.basename(source.path)}: decode + encode", source.total)
     encoded = engine.encode(source.batches(), max(1, source.total), queries,
                             on_batch=lambda b: progress.advance(len(b.positions)))
@@ -94,7 +96,7 @@ def run_queries(engine: Engine, source: Source, queries: list[Query], progress: 
         if on_token:
             on_token(i, t)
 
-    tokens = engine.answer(encoded, queries, on_token=token)
+    tokens = engine.answer(encoded, queries, on_token=token, on_evidence=on_evidence)
     return [engine.decode_text(t) for t in tokens], encoded
 
 
@@ -106,6 +108,7 @@ class TextStreamer:
         self.engine, self.queries, self.label = engine, queries, label
         self.tokens: dict[int, list[int]] = {}
         self.printed: dict[int, str] = {}
+        self.closed: set[int] = set()
 
     def start(self, i: int) -> None:
         if self.label:
@@ -123,16 +126,25 @@ class TextStreamer:
             sys.stdout.flush()
             self.printed[i] = text
 
+    def close(self, i: int, answer: str, after: str = "") -> None:
+        """Answer i is complete: print what streaming held back (a trailing partial character, or the whole
+        answer when it had no tokens), then `after` (its evidence) on a line of its own."""
+        if i in self.closed:
+            return
+        if i not in self.tokens:
+            self.start(i)
+        done = self.printed.get(i, "")
+        if answer.startswith(done):
+            sys.stdout.write(answer[len(done):])
+        if after:
+            sys.stdout.write("\n" + after)
+        sys.stdout.flush()
+        self.closed.add(i)
+
     def finish(self, answers: list[str]) -> None:
-        """Print what streaming held back (a trailing partial character, answers with no tokens); end the line."""
+        """Close every answer not closed yet; end the line."""
         for i, answer in enumerate(answers):
-            if i not in self.tokens:
-                self.start(i)
-                sys.stdout.write(answer)
-                continue
-            done = self.printed.get(i, "")
-            if answer.startswith(done):
-                sys.stdout.write(answer[len(done):])
+            self.close(i, answer)
         print(flush=True)
 
 
@@ -141,8 +153,10 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
             temperature: float = 0.0, top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
             profile_memory: bool = False, progress: bool = True, streamer=None, recorder=None,
             decode_workers: int = 1, max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-            prefusion_tokens: int | None = None) -> dict:
-    """The whole `ask` job. Returns the --json object; streams answers through `streamer` when given."""
+            prefusion_tokens: int | None = None, evidence: int = 0, evidence_plot: str | None = None) -> dict:
+    """The whole `ask` job. Returns the --json object; streams answers through `streamer` when given.
+    evidence: the number of moments each answer reports (0: none, and no evidence work at all); evidence_plot:
+    where to draw them (its path is checked by the caller, before the model loads)."""
     from vidmini.engine import EngineOptions
     from vidmini.memory import Recorder
 
@@ -150,7 +164,7 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
     recorder = recorder or Recorder(memory=profile_memory, device=str(model.device))
     options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                             temperature=temperature or 1.0, top_p=top_p, seed=seed,
-                            prefusion_tokens=prefusion_tokens)
+                            prefusion_tokens=prefusion_tokens, evidence=evidence > 0)
     try:
         engine = Engine(model, tokenizer, options, recorder)
         counts = check_length(tokenizer, questions, max_question_tokens)
@@ -162,8 +176,10 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
             for note in source.notes + ([cost] if cost else []):
                 bar.note(note)
             stream = streamer(engine, queries) if streamer else None
+            found = Evidence(engine, evidence, source.duration_s, stream)
             answers, encoded = run_queries(engine, source, queries, bar, on_token=stream.token if stream else None,
-                                           on_answer_start=stream.start if stream else None)
+                                           on_answer_start=stream.start if stream else None,
+                                           on_evidence=found.add if evidence else None)
             if stream:
                 stream.finish(answers)
             for warning in source.report.warnings():
@@ -177,9 +193,12 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
             "fps": sampling.fps if source.kind == "video" else None, "decoder": source.decoder,
             "from_cache": source.from_cache, "cache": cache_info, "notes": source.notes,
             "warnings": source.report.warnings(),
-            "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)],
+            "answers": [{"question": q, "answer": a, **found.fields(i)}
+                        for i, (q, a) in enumerate(zip(questions, answers))],
             "timings_s": {**recorder.timings(), "total": round(time.monotonic() - started, 3)},
         }
+        if evidence_plot is not None:
+            found.plot(questions, evidence_plot)
         if profile_memory:
             from vidmini.memory_report import build_report, print_report
 

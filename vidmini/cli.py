@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 
 from vidmini import errors
+from vidmini.evidence import DEFAULT_MOMENTS
 from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS
 
 app = typer.Typer(
@@ -111,6 +112,8 @@ SamplingOpt = typer.Option(SamplingChoice.time, "--sampling", help="time: by pre
 StartOpt = typer.Option(None, "--start", help="Start of the range to sample, in seconds.", min=0, callback=_finite)
 EndOpt = typer.Option(None, "--end", help="End of the range to sample, in seconds.", min=0, callback=_finite)
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output on stdout, nothing else there.")
+EvidenceOpt = typer.Option(None, "--evidence", metavar="[N]", min=1, help="After each answer, the N moments of the "
+                           "video it drew on most (default 3), from its attention to the frames.")
 
 
 def _probe_record(path: str, fps: float, max_frames, sampling: str, decoder: str) -> dict:
@@ -243,6 +246,9 @@ def ask(
     memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, callback=_finite, help="Seconds between CPU RSS samples with --profile-memory."),
     memory_snapshot: Optional[str] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
     memory_plot: Optional[str] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
+    evidence: Optional[int] = EvidenceOpt,
+    evidence_plot: Optional[str] = typer.Option(None, "--evidence-plot", metavar="FILE.png", help="Write a PNG of each answer's attention "
+                                                "over video time, its moments marked (implies --evidence; needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
     max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer questions: each question runs through pre-fusion with every frame, so its length multiplies the work."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -276,7 +282,15 @@ def ask(
     from vidmini.outputs import check_memory_outputs
 
     memory_plot, memory_snapshot = _output_path(memory_plot), _output_path(memory_snapshot)
+    evidence_plot = _output_path(evidence_plot)
     check_memory_outputs(memory_plot, memory_snapshot)  # before the model loads, not after the work
+    if evidence_plot is not None:
+        from vidmini.memory_report import check_plot_available
+        from vidmini.outputs import check_evidence_plot
+
+        check_evidence_plot(evidence_plot)
+        check_plot_available("--evidence-plot")
+        evidence = evidence or DEFAULT_MOMENTS
     if memory_plot is not None:
         from vidmini.memory_report import check_plot_available
 
@@ -300,7 +314,8 @@ def ask(
         sampling=sampling_opts, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
         profile_memory=profile_memory, progress=not quiet, recorder=recorder, max_question_tokens=max_question_tokens,
-        prefusion_tokens=prefusion_tokens,
+        prefusion_tokens=prefusion_tokens, evidence=evidence or 0,
+        evidence_plot=str(evidence_plot) if evidence_plot is not None else None,
         streamer=None if json_out else (lambda engine, queries: TextStreamer(engine, queries, len(queries) > 1)),
     )
     if memory_plot is not None:
@@ -344,6 +359,7 @@ def summarize(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
     max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer --question values, as ask does."),
     profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
+    evidence: Optional[int] = EvidenceOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Summarize every video under PATHS into a JSON Lines report, one record per file as soon as it is done.
@@ -390,12 +406,13 @@ def summarize(
         questions=extra, chapter_minutes=chapter_minutes, glob=glob, recursive=recursive, force=force,
         fail_fast=fail_fast, fps=fps, max_frames=max_frames, decoder=decoder, max_new_tokens=max_new_tokens,
         batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs,
-        max_question_tokens=max_question_tokens)
+        max_question_tokens=max_question_tokens, evidence=evidence or 0)
     with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
         from vidmini.engine import EngineOptions, build_engine
         from vidmini.model.loading import LoadOptions
 
-        engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)  # checked by build_engine
+        engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       evidence=bool(evidence))  # checked by build_engine
         if ray_address is not None:
             from vidmini.scale.ray import RaySettings, run_on_ray
 
@@ -500,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     object {"error", "exit_code"} on stdout, so a script reading stdout never has to parse stderr."""
     from vidmini import signals
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _optional_count(list(sys.argv[1:] if argv is None else argv), "--evidence", DEFAULT_MOMENTS)
     _accept_click_completion_names()
     restore = signals.install()  # SIGTERM takes Ctrl-C's path (cleanup, one line), exit 143
     try:
@@ -518,6 +535,19 @@ def _accept_click_completion_names() -> None:
     shell, _, action = os.environ.get(COMPLETE_VAR, "").partition("_")
     if action in ("source", "complete") and shell in ("bash", "zsh", "fish", "powershell", "pwsh"):
         os.environ[COMPLETE_VAR] = f"{action}_{shell}"
+
+
+def _optional_count(argv: list[str], option: str, default: int) -> list[str]:
+    """`option` given without a count (last, or followed by anything but a number: a question, another option)
+    means `option default`. Typer has no options with an optional value."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        out.append(arg)
+        if arg == option and (i + 1 == len(argv) or not argv[i + 1].isdigit()):
+            out.append(str(default))
+    return out
 
 
 def _interrupted(argv: list[str], cause: BaseException | None) -> int:

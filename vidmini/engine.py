@@ -14,6 +14,7 @@ there with its own suffix (last-position logits only).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -51,23 +52,30 @@ class EngineOptions:
     seed: int | None = None
     system_prompt: str = SYSTEM_PROMPT
     prefusion_tokens: int | None = None  # LLaVA-Mini: VisionZip keeps K vision tokens for pre-fusion (None = exact)
+    evidence: bool = False  # score each answer's attention to the frames (vidmini.model.relevance)
+    evidence_layers: tuple[int, ...] | None = None  # LLM layers it reads; None = relevance.EVIDENCE_DEPTH of them
 
 
 class TokenBuffer:
-    """[capacity * C*C, H] on the device, allocated once; frames are written by index, never concatenated."""
+    """[capacity * C*C, H] on the device, allocated once; frames are written by index, never concatenated.
+    Beside it, each frame's presentation time (seconds from the video's start): a frame's place in the LLM's
+    sequence is its place here, so that is where an answer's evidence gets its time."""
 
     def __init__(self, capacity: int, tokens_per_frame: int, hidden: int, device, dtype):
         self.capacity, self.tokens_per_frame = capacity, tokens_per_frame
         self.data = torch.empty(capacity * tokens_per_frame, hidden, device=device, dtype=dtype)  # [F*C², H]
+        self.times = torch.zeros(capacity, dtype=torch.float64)  # [F] seconds, on the CPU
         self.count = 0
 
-    def write(self, tokens: torch.Tensor) -> None:
-        """tokens [B, C*C, H] for the next B frames."""
+    def write(self, tokens: torch.Tensor, times=None) -> None:
+        """tokens [B, C*C, H] for the next B frames; times [B] their presentation times."""
         n = tokens.shape[0]
         if self.count + n > self.capacity:
             raise RuntimeError(f"token buffer full ({self.capacity} frames)")
         t = self.tokens_per_frame
         self.data[self.count * t : (self.count + n) * t] = tokens.reshape(n * t, -1)
+        if times is not None:
+            self.times[self.count : self.count + n] = torch.as_tensor(times, dtype=torch.float64)
         self.count += n
 
     def frames(self, start: int = 0, end: int | None = None) -> torch.Tensor:
@@ -77,6 +85,23 @@ class TokenBuffer:
     @property
     def bytes_per_frame(self) -> int:
         return self.tokens_per_frame * self.data.shape[1] * self.data.element_size()
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """How much an answer attended to each frame of its range (vidmini.model.relevance), and when each frame is."""
+
+    answer: torch.Tensor  # [layers, F] fp32: per chosen layer, the answer's attention (mean over heads and positions)
+    baseline: torch.Tensor  # [layers, F] fp32: paid by the first position after the frames (not the question)
+    times: torch.Tensor  # [F] float64: the frames' presentation times, seconds from the video's start
+    layers: list[int]  # the LLM layers of the rows
+
+    def scores(self, rows: list[int] | None = None) -> torch.Tensor:
+        """[F]: the answer's attention to each frame, averaged over the layers (or these rows of them). The
+        baseline is kept for measurement only: subtracting it did not localise better on the demo model's needles
+        (bench/evidence.py reports both)."""
+        rows = slice(None) if rows is None else rows
+        return self.answer[rows].mean(0)
 
 
 @dataclass
@@ -245,9 +270,9 @@ class Engine:
         # caching allocator reuses memory by itself.
         scratch = PixelBuffer(self.device) if self.device.type == "cpu" else None
         for batch in self._timed(batches):
-            first = buffer.count
+            first = start = buffer.count
             for frame_tokens, text in self._encoded(batch.frames, encoded, scratch):
-                buffer.write(frame_tokens)
+                buffer.write(frame_tokens, batch.times_s[first - start : first - start + len(frame_tokens)])
                 self.frames.accumulate(encoded, text, first, buffer.count)
                 first = buffer.count
             if on_batch:
@@ -290,19 +315,30 @@ class Engine:
 
     # ---- answers --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def answer(self, encoded: Encoded, queries: list[Query],
-               on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
-        """Token ids of each query's answer, in query order. on_token(query index, token id) streams them."""
+    def answer(self, encoded: Encoded, queries: list[Query], on_token: Callable[[int, int], None] | None = None,
+               on_evidence: Callable[[int, Relevance], None] | None = None) -> list[list[int]]:
+        """Token ids of each query's answer, in query order. on_token(query index, token id) streams them. With
+        options.evidence, on_evidence(query index, Relevance) follows each answer as soon as it is complete."""
         answers: list[list[int] | None] = [None] * len(queries)
         by_range: dict[tuple, list[int]] = {}
         for i, q in enumerate(queries):
             by_range.setdefault((q.start, q.end), []).append(i)
         for key, members in by_range.items():
-            for i, tokens in zip(members, self._answer_range(encoded, queries, key, members, on_token)):
+            for i, tokens in zip(members, self._answer_range(encoded, queries, key, members, on_token, on_evidence)):
                 answers[i] = tokens
         return answers
 
-    def _answer_range(self, encoded: Encoded, queries, key, members, on_token):
+    def _capture(self):
+        """The evidence's query capture on the chosen LLM layers, or None without options.evidence."""
+        if not self.options.evidence:
+            return None
+        from vidmini.model.relevance import QueryCapture, evidence_layers
+
+        decoder = self.model.get_decoder()
+        layers = self.options.evidence_layers or evidence_layers(len(decoder.layers))
+        return QueryCapture(decoder, list(layers))
+
+    def _answer_range(self, encoded: Encoded, queries, key, members, on_token, on_evidence=None):
         """[prefix | frames | after the frames | suffix] per question; the first three once when every question's
         prefix is the same, each question then continuing from the rewound cache."""
         start, end = queries[members[0]].frame_range(encoded.frames)
@@ -322,18 +358,30 @@ class Engine:
         if same_prefix:
             with self.recorder.stage("LLM prefill"):
                 self._prefill([shared, frames, after], cache, 0)
+        capture = self._capture()
+        recording = capture.recording if capture else nullcontext
         for i, (prefix, suffix) in zip(members, embeds):
-            with self.recorder.stage("LLM prefill"):
+            after_frames = len(prefix) + len(frames) + len(after)  # the first position after the video
+            with self.recorder.stage("LLM prefill"), recording(after_frames):
                 if same_prefix:
                     cache.rewind(shared_len)
                     logits = self._prefill([suffix], cache, shared_len)
                 else:
                     cache.rewind(0)
                     logits = self._prefill([prefix, frames, after, suffix], cache, 0)
-            with self.recorder.stage("answer decode"):
+            with self.recorder.stage("answer decode"), recording(after_frames):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
                 tokens = decode(self.model, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)
             self._measure_cache(cache, shared_len + longest + max_new)
+            if capture:
+                with self.recorder.stage("evidence"):
+                    answer, baseline = capture.frame_attention(
+                        cache, len(prefix), end - start, encoded.buffer.tokens_per_frame,
+                        queries_from=after_frames + len(suffix) - 1)  # the question's last position on
+                    capture.clear()
+                if on_evidence:
+                    times = encoded.buffer.times[start:end].clone()
+                    on_evidence(i, Relevance(answer.cpu(), baseline.cpu(), times, capture.layers))
             yield tokens
 
     def _prefill(self, pieces, cache, start):

@@ -113,13 +113,13 @@ def print_report(report: dict) -> None:
 
 
 # ---- plots and snapshots ----------------------------------------------------------------------------------------
-def check_plot_available() -> None:
+def check_plot_available(option: str = "--memory-plot") -> None:
     import importlib.util
 
     from vidmini.errors import UsageError
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--memory-plot needs matplotlib: pip install 'vidmini[plot]'")
+        raise UsageError(f"{option} needs matplotlib: pip install 'vidmini[plot]'")
 
 
 def write_plot(recorder: Recorder, path: str) -> None:

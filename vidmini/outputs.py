@@ -91,15 +91,15 @@ PLOT_SOFTWARE = "vidmini memory plot"  # the PNG's Software text chunk: how we r
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def is_our_plot(path: Path) -> bool:
-    """True for a missing or empty file and for a PNG that `--memory-plot` wrote (its Software tEXt chunk, which
-    precedes the image data)."""
+def is_our_plot(path: Path, software: str = PLOT_SOFTWARE) -> bool:
+    """True for a missing or empty file and for a PNG that vidmini wrote with this Software tEXt chunk (it
+    precedes the image data): `--memory-plot`'s by default, `--evidence-plot`'s with evidence.PLOT_SOFTWARE."""
     try:
         with open(path, "rb") as f:
             head = f.read(64 * 1024)
     except FileNotFoundError:
         return True
-    return not head or (head.startswith(_PNG) and b"tEXtSoftware\x00" + PLOT_SOFTWARE.encode() in head)
+    return not head or (head.startswith(_PNG) and b"tEXtSoftware\x00" + software.encode() in head)
 
 
 def is_our_snapshot(path: Path) -> bool:
@@ -133,6 +133,18 @@ def check_memory_outputs(plot: Path | None, snapshot: Path | None) -> None:
         check_writable(path, option)
         if path.is_file() and not ours(path):
             _fail(f"{option} {path} exists and is not {what}; not touching it (choose another file name)")
+
+
+def check_evidence_plot(path: Path | None) -> None:
+    """--evidence-plot: writable, and never replacing a file that is not an evidence plot vidmini wrote."""
+    from vidmini.evidence import PLOT_SOFTWARE as EVIDENCE_PLOT
+
+    if path is None:
+        return
+    check_writable(path, "--evidence-plot")
+    if path.is_file() and not is_our_plot(path, EVIDENCE_PLOT):
+        _fail(f"--evidence-plot {path} exists and is not a vidmini evidence plot; not touching it "
+              "(choose another file name)")
 
 
 def _same_file(a: Path, b: Path) -> bool:

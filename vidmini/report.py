@@ -94,6 +94,23 @@ def clock(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def evidence_links(path: str, moments: list[dict], duration_s: float | None) -> str:
+    """Each moment as a link into the video at that time (a media fragment, #t=start,end, which browsers and
+    most players open at that point), with its share of the answer's attention."""
+    from urllib.parse import quote
+
+    from vidmini.evidence import clock
+
+    hours = (duration_s or 0) >= 3600
+    links = []
+    for m in moments:
+        start, end = clock(m["start_s"], hours), clock(m["end_s"], hours)
+        label = start if start == end else f"{start}–{end}"
+        target = f"{quote(path)}#t={m['start_s']:g}" + (f",{m['end_s']:g}" if m["end_s"] > m["start_s"] else "")
+        links.append(f"[{label}](<{target}>) ({m['score']:.0%})")
+    return ", ".join(links)
+
+
 def render_markdown(records: list[dict], source: str = "") -> str:
     from vidmini.outputs import MARKDOWN_MARKER
 
@@ -112,7 +129,10 @@ def render_markdown(records: list[dict], source: str = "") -> str:
             lines += [f"- **{clock(c['start_s'])}–{clock(c['end_s'])}** {c['summary']}" for c in r["chapters"]]
             lines.append("")
         for qa in r.get("answers", []):
-            lines += [f"**Q:** {qa['question']}  ", f"**A:** {qa['answer']}", ""]
+            lines += [f"**Q:** {qa['question']}  ", f"**A:** {qa['answer']}" + ("  " if qa.get("evidence") else "")]
+            if qa.get("evidence"):
+                lines.append(f"*Evidence:* {evidence_links(r['path'], qa['evidence'], r.get('duration_s'))}")
+            lines.append("")
         for w in r.get("warnings", []):
             lines.append(f"> note: {w}")
         if r.get("warnings"):

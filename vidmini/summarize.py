@@ -48,12 +48,14 @@ class SummarizeOptions:
     model_name: str = ""
     outputs: tuple[str, ...] = ()  # resolved paths of the report, its lock and its Markdown: never inputs
     max_question_tokens: int | None = None  # --question longer than this is refused (None: ask's default)
+    evidence: int = 0  # moments per --question answer (0: none; the engine's evidence option must be on)
 
     def prompt_key(self) -> str:
-        """Records made with another prompt, sampling or model are redone."""
-        ident = json.dumps([SUMMARY_PROMPT, CHAPTER_PROMPT, self.questions, self.chapter_minutes, self.fps,
-                            self.max_frames, self.max_new_tokens, self.model_name])
-        return hashlib.sha1(ident.encode()).hexdigest()[:16]
+        """Records made with another prompt, sampling or model are redone (and without evidence, when it is
+        asked for now)."""
+        ident = [SUMMARY_PROMPT, CHAPTER_PROMPT, self.questions, self.chapter_minutes, self.fps, self.max_frames,
+                 self.max_new_tokens, self.model_name] + ([self.evidence] if self.evidence else [])
+        return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
 
 # ---- discovery ---------------------------------------------------------------------------------------------
@@ -202,6 +204,7 @@ def chapter_ranges(times_s, duration_s: float, minutes: float | None) -> list[tu
 
 def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> dict:
     from vidmini.ask import Progress, run_queries
+    from vidmini.evidence import Evidence
     from vidmini.engine import Query
     from vidmini.sources import Sampling, open_video, plan_video
     from vidmini.video import StreamOptions, VideoError
@@ -222,13 +225,16 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
         chapters = chapter_ranges(source.times_s, source.duration_s, options.chapter_minutes)
         queries = [Query(SUMMARY_PROMPT)] + [Query(q) for q in options.questions]
         queries += [Query(CHAPTER_PROMPT, lo, hi) for lo, hi, _, _ in chapters]
-        answers, encoded = run_queries(engine, source, queries, bar or Progress(enabled=False))
+        found = Evidence(engine, options.evidence, source.duration_s)
+        answers, encoded = run_queries(engine, source, queries, bar or Progress(enabled=False),
+                                       on_evidence=found.add if options.evidence else None)
     except VideoError as err:
         return {**record, "error": str(err), "timings_s": {"total": round(time.monotonic() - started, 3)}}
     n_q = 1 + len(options.questions)
     record.update(
         duration_s=source.duration_s, frames_used=encoded.frames, summary=answers[0],
-        answers=[{"question": q, "answer": a} for q, a in zip(options.questions, answers[1:n_q])],
+        answers=[{"question": q, "answer": a, **found.fields(i)}
+                 for i, (q, a) in enumerate(zip(options.questions, answers[1:n_q]), start=1)],
         chapters=[{"start_s": round(s, 3), "end_s": round(e, 3), "frames": hi - lo, "summary": a}
                   for (lo, hi, s, e), a in zip(chapters, answers[n_q:])],
         warnings=source.report.warnings() + source.notes, decoder=source.decoder,

@@ -119,6 +119,10 @@ class VideoBackend:
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
+    def get_decoder(self):
+        """The LLM's decoder (its layers and rotary embedding), where --evidence re-scores attention."""
+        return self.model.get_decoder()
+
     def eos_ids(self) -> set[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         if eos is None:

@@ -46,3 +46,13 @@ class RewindableCache:
                 if tensor is not None:
                     total += tensor.numel() * tensor.element_size()
         return total
+
+    def keys(self, layer: int, length: int):
+        """One layer's keys for the first `length` positions, as attention reads them (RoPE applied):
+        [kv_heads, length, head_dim]. transformers' StaticCache keeps them per layer in `keys`
+        [1, kv_heads, max_len, head_dim]; anything else fails here rather than scoring the wrong tensor."""
+        tensor = getattr(self.kv.layers[layer], "keys", None)
+        if tensor is None or tensor.dim() != 4 or tensor.shape[0] != 1 or tensor.shape[2] < length:
+            raise RuntimeError("the KV cache's keys are not where vidmini reads them (StaticCache.layers[i].keys "
+                               "[1, kv_heads, max_len, head_dim]); pin the tested transformers version")
+        return tensor[0, :, :length]
