@@ -239,7 +239,7 @@ def test_the_times_hold_when_capacity_subsamples_and_from_the_cache(spotlight, v
     assert again.json["from_cache"] and not first.json["from_cache"]
     assert top(again) == top(first) and 40.0 <= top(first)["start_s"] <= top(first)["end_s"] < 43.0
     # 25 frames fit: the plan is remade as 25 frames over the whole minute, one every 2.4 s (at 42.0 the white one)
-    monkeypatch.setattr(Engine, "frame_capacity", lambda self, prompt: Capacity(25, "memory left (test)"))
+    monkeypatch.setattr(Engine, "frame_capacity", lambda self, prompt, *rest: Capacity(25, "memory left (test)"))
     run = ask(cli, spotlight, videos["cfr"], "--no-cache")
     assert run.json["frames_used"] == 25 and top(run)["start_s"] == top(run)["end_s"] == 42.0
 
