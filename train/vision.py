@@ -108,8 +108,9 @@ class Shards:
 
     def batch(self, size: int) -> dict[str, np.ndarray]:
         names = sorted(self.loaded)
-        picks = [(self.rng.choice(names), self.rng.randrange(256)) for _ in range(size)]
-        return {k: np.stack([self.loaded[n][k][i % len(self.loaded[n][k])] for n, i in picks])
+        picks = [(n, self.rng.randrange(len(self.loaded[n]["frames"]))) for n in
+                 (self.rng.choice(names) for _ in range(size))]
+        return {k: np.stack([self.loaded[n][k][i] for n, i in picks])
                 for k in ("frames", "heads", "cell_colour", "cell_kind")}
 
 

@@ -6,6 +6,7 @@ elements of the world, not this renderer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import math
@@ -35,9 +36,20 @@ def load_font(path: str | None, size: int) -> ImageFont.ImageFont:
     return ImageFont.truetype(path, size=size)
 
 
-# How far a drawn colour strays from its named RGB, per channel. Training data raises it (train/pool.py) so that the
-# model learns colour names, not eight exact values.
+# How far a drawn colour strays from its named RGB, per channel. Training data raises it (train/pool.py, through
+# `colour_jitter`) so that the model learns colour names, not eight exact values.
 COLOUR_JITTER = 18
+
+
+@contextlib.contextmanager
+def colour_jitter(amount: int):
+    """Draw with another colour jitter inside the block; the default comes back after it."""
+    global COLOUR_JITTER
+    previous, COLOUR_JITTER = COLOUR_JITTER, amount
+    try:
+        yield
+    finally:
+        COLOUR_JITTER = previous
 
 
 def jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int | None = None) -> tuple[int, int, int]:
