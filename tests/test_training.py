@@ -38,6 +38,17 @@ def test_a_pool_shard_depends_only_on_seed_and_index():
     assert a["heads"].shape == (3, 8) and a["cell_kind"].shape == (3, 49)
 
 
+def test_text_shards_show_words_more_often_and_are_other_frames():
+    from train.data import HEADS
+    from train.pool import make_shard, shard_name
+
+    even, text = make_shard(5, 3, 48), make_shard(5, 3, 48, mix="text")
+    word = list(HEADS).index("word")
+    assert (text["heads"][:, word] > 0).sum() > (even["heads"][:, word] > 0).sum()
+    assert not np.array_equal(even["frames"], text["frames"])
+    assert shard_name(3) == "shard-00003.npz" and shard_name(3, "text") == "shard-text-00003.npz"
+
+
 def test_pooled_frames_are_what_the_tower_computes_from_the_full_frame():
     """The pool stores frames already pooled 2x2 (uint8); the shipped tower pools the normalized 336-px frame.
     Both must give the same features, up to the uint8 rounding of the stored mean."""

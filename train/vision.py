@@ -183,6 +183,7 @@ def main(argv=None) -> None:
             opt.load_state_dict(state["opt"])
         step = state["step"]
         print(f"resumed at step {step}")
+    first = step  # warm up again after a resume: the moments may be fresh (a committed checkpoint has none)
     table = pixel_stats(CLIP_MEAN, CLIP_STD)
     shards = Shards(Path(args.pool), random.Random(step))
     evaluation = make_shard(7, 0, args.eval_frames)  # seed 7: an evaluation seed, never trained on
@@ -192,7 +193,7 @@ def main(argv=None) -> None:
     while step < args.steps:
         if step % 50 == 0 or not shards.loaded:
             shards.refresh()
-        lr = args.lr * min(1.0, (step + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
+        lr = args.lr * min(1.0, (step - first + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.monotonic()

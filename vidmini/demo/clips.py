@@ -12,10 +12,12 @@ import random
 from vidmini.demo.timeline import (MIN_EVENT_S, Timeline, place, random_item, random_scenes, visible_colours)
 
 
-def still_clip(rng: random.Random, duration: float, n_items: int | None = None) -> Timeline:
+def still_clip(rng: random.Random, duration: float, n_items: int | None = None,
+               kind_pool: tuple[str, ...] = ("shape", "shape", "digit", "word")) -> Timeline:
+    """0-3 items on screen together for the whole clip, their kinds drawn without replacement from kind_pool."""
     scenes = random_scenes(rng, duration, min_s=max(3.0, duration), max_s=max(3.0, duration) + 1)
     n_items = n_items or rng.choice([1, 1, 2, 2, 3])
-    kinds = rng.sample(["shape", "shape", "digit", "word"], n_items)
+    kinds = rng.sample(list(kind_pool), n_items)
     colours = visible_colours(scenes[0])
     items = []
     for kind in kinds:
