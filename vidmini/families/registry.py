@@ -1,0 +1,66 @@
+"""The one registry of model families and checkpoint sources (docs/families.md).
+
+A family is registered by one line in FAMILIES: the checkpoint's config.json `model_type` -> "module:attribute" of
+its vidmini.families.interface.Family instance. The module is imported on first use only, so checking --model
+(vidmini.checkpoint_files) needs no torch. A checkpoint source (the demo model) is one line in SOURCES.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vidmini.families.interface import CheckpointSource, Family, FrameModel
+
+FAMILIES: dict[str, str] = {
+    "llava_mini_llama": "vidmini.families.llava_mini.family:FAMILY",
+    "llava_next_video": "vidmini.families.hf_video.family:FAMILY",
+    "llava_onevision": "vidmini.families.hf_video.family:FAMILY",
+}
+
+SOURCES: tuple[str, ...] = (
+    "vidmini.demo.source:SOURCE",
+)
+
+NAMES: dict[str, str] = {  # in words, for the message that lists what vidmini runs (no import needed)
+    "llava_mini_llama": "LLaVA-Mini",
+    "llava_next_video": "LLaVA-NeXT-Video",
+    "llava_onevision": "LLaVA-OneVision",
+}
+
+
+def model_types() -> tuple[str, ...]:
+    """Every `model_type` vidmini runs."""
+    return tuple(FAMILIES)
+
+
+def _attribute(spec: str):
+    module, name = spec.split(":")
+    return getattr(import_module(module), name)
+
+
+@cache
+def family(model_type: str) -> Family:
+    """The registered family of a `model_type` (KeyError for one vidmini does not run: check_checkpoint refuses
+    those first, with a one-line message)."""
+    return _attribute(FAMILIES[model_type])
+
+
+def adapt(model, tokenizer, prefusion_tokens: int | None = None) -> FrameModel:
+    """A FrameModel for `model`: itself when it is one, else its family's adapter around it."""
+    from vidmini.families.interface import FrameModel
+
+    if isinstance(model, FrameModel):
+        return model
+    return family(model.config.model_type).adapt(model, tokenizer, prefusion_tokens)
+
+
+def sources() -> list[CheckpointSource]:
+    return [_attribute(spec) for spec in SOURCES]
+
+
+def source_for(model_id: str) -> CheckpointSource | None:
+    """The registered source that answers for `model_id` (e.g. "demo"), or None for a Hub id or plain folder."""
+    return next((s for s in sources() if s.claims(model_id)), None)
