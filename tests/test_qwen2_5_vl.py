@@ -198,10 +198,12 @@ def greedy_answer(frames_model, pieces, positions, max_new: int) -> list[int]:
     return tokens
 
 
-@pytest.mark.parametrize("seed", [0, 2, 3, 4])
-def test_greedy_tokens_equal_the_models_generate(qwen, settings, seed):
+@pytest.mark.parametrize("seed,frames", [(0, 5), (2, 5), (3, 5), (4, 5), (0, 16), (5, 23)])
+def test_greedy_tokens_equal_the_models_generate(qwen, settings, seed, frames):
+    """5 frames: the prompt's last position is its largest; 16 and 23: the video's last time position (4 per unit
+    at 1 fps) lies beyond the prompt's end, and the answer still continues from the prompt's last position."""
     model, tokenizer = qwen
-    clip = video(5, 112, 112, seed=seed)
+    clip = video(frames, 112, 112, seed=seed)
     inputs = own_inputs(model, tokenizer, clip, settings, 1.0)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)

@@ -12,14 +12,11 @@ which is the same number for frames sampled at a steady fps (t_u - t_0 = u * tem
 time aligned where the decoder lost frames. A token that VisionZip kept keeps its (row, col); a merged contextual
 token takes its target's.
 
-Two things differ from what one might expect, and follow the installed transformers on purpose:
-- after the video, text starts at P + max(rows, cols), not at the largest video position + 1 (the rule of the
-  Qwen2.5-VL release's own code, transformers 4.49-4.57); for a video longer than max(rows, cols) / interval units
-  the question's time positions fall inside the video's;
-- `generate` decodes from (largest prompt position + 1) + step, while the model's forward over the prompt and the
-  answer together continues the text positions one by one. vidmini continues one by one (the forward's rule);
-  the two agree whenever the prompt's last position is its largest, i.e. the text after the video reaches past the
-  video's last time position.
+One thing follows the installed transformers on purpose, where one might expect otherwise: after the video, text
+starts at P + max(rows, cols), not at the largest video position + 1 (the rule of the Qwen2.5-VL release's own
+code, transformers 4.49-4.57). For a video longer than max(rows, cols) / interval units the question's time
+positions then fall inside the video's. The answer continues the text one by one, as both the model's forward over
+prompt + answer and its `generate` (which steps on from the prompt's last position) place it.
 """
 
 from __future__ import annotations
