@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "llava_mini_llama": "vidmini.families.llava_mini.family:FAMILY",
     "llava_next_video": "vidmini.families.hf_video.family:FAMILY",
     "llava_onevision": "vidmini.families.hf_video.family:FAMILY",
+    "qwen2_5_vl": "vidmini.families.qwen2_5_vl.family:FAMILY",
 }
 
 SOURCES: tuple[str, ...] = (
@@ -28,6 +29,7 @@ NAMES: dict[str, str] = {  # in words, for the message that lists what vidmini r
     "llava_mini_llama": "LLaVA-Mini",
     "llava_next_video": "LLaVA-NeXT-Video",
     "llava_onevision": "LLaVA-OneVision",
+    "qwen2_5_vl": "Qwen2.5-VL",
 }
 
 
