@@ -135,7 +135,7 @@ def test_8bit_keeps_vision_parts_full_precision(tiny_checkpoint):
 
 
 def test_quantize_without_cuda_is_a_clear_error():
-    from vidmini.model.loading import ModelLoadError, quantization_config
+    from vidmini.families.llava_mini.family import ModelLoadError, quantization_config
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")

@@ -189,7 +189,7 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
                 bar.note(f"cached {cache_info['bytes'] / 1e6:.1f} MB of decoded frames in {cache_info['path']}")
         result = {
             "video": path, "model": model_name, "duration_s": source.duration_s, "frames_used": encoded.frames,
-            "tokens_per_frame": engine.model.tokens_per_frame, "prefusion_tokens": prefusion_tokens,
+            "tokens_per_frame": engine.tokens_per_frame, "prefusion_tokens": prefusion_tokens,
             "fps": sampling.fps if source.kind == "video" else None, "decoder": source.decoder,
             "from_cache": source.from_cache, "cache": cache_info, "notes": source.notes,
             "warnings": source.report.warnings(),
@@ -218,9 +218,7 @@ def _cache_info(source: Source) -> dict | None:
 def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, use_cache: bool,
                  questions: list[str], decode_workers: int = 1) -> Source:
     if is_image(path):
-        if hasattr(engine.model, "fuse"):  # LLaVA-Mini: the reference's image path (pad or crop)
-            return open_image(path, engine.model.config)
-        return open_image(path, geometry=engine.geometry)
+        return open_image(path, engine.model)
     prompt_tokens = max(len(engine.prompt_ids(q)) for q in questions)
     planned = plan_video(path, sampling)
     capacity = engine.frame_capacity(prompt_tokens, len(planned.plan))  # first: it may lower the batch

@@ -38,6 +38,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from vidmini.paths import user_cache_dir
 from vidmini.video.frames import SIZE, DecodeReport, FrameBatch, FrameGeometry
 
 FRAME_BYTES = SIZE * SIZE * 3  # LLaVA-Mini's frames; other geometries: FrameGeometry.frame_bytes
@@ -65,8 +66,7 @@ def reset_warnings() -> None:
 def cache_root() -> Path:
     if os.environ.get("VIDMINI_CACHE_DIR"):
         return Path(os.environ["VIDMINI_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vidmini" / "frames"
+    return user_cache_dir() / "frames"
 
 
 def limit_bytes() -> int | None:

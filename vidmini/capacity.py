@@ -2,9 +2,10 @@
 may be, and what a card of a given size would hold. `ask`, `summarize`, the dry run and `--profile-memory` all
 call these functions, so the estimate and the run can never disagree.
 
-Everything here is computed from the model's config (no loaded weights needed), in bytes. A LLaVA-Mini config is
-accepted as it is; other models (vidmini.backends) describe a frame by a FrameShape: the LLM's config, the tokens
-each frame keeps, and the vision work per frame.
+Everything here is computed from the model's config (no loaded weights needed), in bytes. A family describes what
+its frames cost by a FrameShape (vidmini.families.interface.FrameModel.shape / Family.frame_shape): the LLM's
+config, the tokens each encoded unit keeps, the frames in a unit, and the vision work per unit. Nothing here knows
+a family; a bare LLaVA-Mini config is still read as the shape of one token grid per frame (tokens_per_frame).
 """
 
 from __future__ import annotations
@@ -24,32 +25,40 @@ CPU_BATCH = 8  # CPU kernels gain nothing from bigger batches; memory stays smal
 
 @dataclass(frozen=True)
 class FrameShape:
-    """What one frame costs, from configs alone (LLaVA-Mini's config answers the same questions itself)."""
+    """What one encoded unit (`frames_per_unit` consecutive frames; one frame for most families) costs, from
+    configs alone."""
 
     text: object  # the LLM's config: layers, KV heads, head_dim, hidden_size, max_position_embeddings
-    tokens: int  # tokens per frame in the token buffer and the KV cache (K)
+    tokens: int  # tokens per unit in the token buffer and the KV cache (K)
     vision: dict  # the vision tower's hidden_size and intermediate_size
-    vision_seq: int  # tokens through the vision tower per frame
-    fusion_seq: int = 0  # tokens through a pre-fusion stage per frame (0 = none)
+    vision_seq: int  # tokens through the vision tower per unit
+    fusion_seq: int = 0  # tokens through a fusion stage per unit (0 = none)
+    frames_per_unit: int = 1
 
 
 def text_config(config):
-    """The LLM's config of a FrameShape or a LLaVA-Mini config."""
+    """The LLM's config of a FrameShape (or of a bare LLaVA-Mini config, which is its own LLM config)."""
     return config.text if isinstance(config, FrameShape) else config
 
 
 def tokens_per_frame(config) -> int:
+    """Tokens per unit: the shape's K; for a bare LLaVA-Mini config its compressor's C*C grid, one unit per frame.
+    The one home of that rule: LlavaMiniConfig and the LLaVA-Mini family read it here."""
     return config.tokens if isinstance(config, FrameShape) else config.compressor_size**2
 
 
-def llava_mini_shape(config, prefusion_tokens: int | None = None) -> FrameShape:
-    """LLaVA-Mini's frame: C*C tokens; CLIP over all patches; pre-fusion over the vision prefix (all patches, or
-    the `prefusion_tokens` VisionZip keeps) + the compressed tokens + the prompt."""
-    vision = dict(config.vision_config)
-    patches = vision_prefix_len(config) - config.compressor_size**2
-    kept = patches if prefusion_tokens is None else min(prefusion_tokens, patches)
-    return FrameShape(config, config.compressor_size**2, vision, patches,
-                      kept + config.compressor_size**2 + PROMPT_TOKENS_GUESS)
+def frames_per_unit(config) -> int:
+    return config.frames_per_unit if isinstance(config, FrameShape) else 1
+
+
+def per_frame(unit_bytes: int, config) -> int:
+    """A unit's cost spread over its frames (rounded up, so that a frame never looks cheaper than it is)."""
+    return -(-unit_bytes // frames_per_unit(config))
+
+
+def whole_units(frames: int, config) -> int:
+    """`frames` rounded down to whole units (the engine encodes a unit at once)."""
+    return frames // frames_per_unit(config) * frames_per_unit(config)
 
 
 def dtype_bytes(dtype) -> int:
@@ -66,35 +75,22 @@ def kv_bytes_per_token(config, dtype) -> int:
 
 
 def buffer_bytes_per_frame(config, dtype) -> int:
-    """The token buffer's bytes per frame: its K tokens (C*C for LLaVA-Mini) of the LLM's hidden size."""
-    return tokens_per_frame(config) * text_config(config).hidden_size * dtype_bytes(dtype)
+    """The token buffer's bytes per frame: its unit's K tokens of the LLM's hidden size, over the unit's frames."""
+    return per_frame(tokens_per_frame(config) * text_config(config).hidden_size * dtype_bytes(dtype), config)
 
 
 def bytes_per_frame(config, dtype) -> int:
     """Device bytes each extra frame costs: its tokens in the buffer plus their KV-cache positions."""
-    return buffer_bytes_per_frame(config, dtype) + tokens_per_frame(config) * kv_bytes_per_token(config, dtype)
+    kv = per_frame(tokens_per_frame(config) * kv_bytes_per_token(config, dtype), config)
+    return buffer_bytes_per_frame(config, dtype) + kv
 
 
-def vision_prefix_len(config) -> int:
-    """Tokens before the prompt in the pre-fusion sequence: CLIP patches (all parts in HD mode) + compressed tokens."""
-    vision = config.vision_config
-    patches = (vision["image_size"] // vision["patch_size"]) ** 2
-    ratio = config.resolution_ratio
-    parts = ratio * ratio + 1 if ratio > 1 else 1
-    return patches * parts + config.compressor_size**2
-
-
-def working_bytes_per_frame(config, dtype, text_tokens: int = PROMPT_TOKENS_GUESS) -> int:
-    """Activation memory one frame needs in vision encode + pre-fusion (an estimate, with 2x headroom): one layer's
-    live activations at a time plus the residual stream, CLIP in fp32 at worst."""
-    if isinstance(config, FrameShape):
-        vision, text, vision_seq, fusion_seq = config.vision, config.text, config.vision_seq, config.fusion_seq
-    else:  # LLaVA-Mini as the phase-1 rule had it: CLIP and pre-fusion both sized by the whole prefix + prompt
-        vision, text = config.vision_config, config
-        vision_seq = fusion_seq = vision_prefix_len(config) + text_tokens
-    clip = vision_seq * (4 * vision["hidden_size"] + vision["intermediate_size"]) * 4
-    fusion = fusion_seq * (6 * text.hidden_size + 3 * text.intermediate_size) * dtype_bytes(dtype)
-    return 2 * (clip + fusion)
+def working_bytes_per_frame(config: FrameShape, dtype) -> int:
+    """Activation memory one frame needs in vision encode + fusion (an estimate, with 2x headroom): one layer's
+    live activations at a time plus the residual stream, the vision tower in fp32 at worst."""
+    clip = config.vision_seq * (4 * config.vision["hidden_size"] + config.vision["intermediate_size"]) * 4
+    fusion = config.fusion_seq * (6 * config.text.hidden_size + 3 * config.text.intermediate_size) * dtype_bytes(dtype)
+    return per_frame(2 * (clip + fusion), config)
 
 
 def free_bytes(device) -> int:
@@ -124,7 +120,8 @@ def auto_batch_size(config, dtype, device) -> int:
 def context_frames(config, prompt_tokens: int, max_new_tokens: int) -> int:
     """Frames whose tokens fit in the LLM's context next to the prompt and the answer."""
     context = text_config(config).max_position_embeddings
-    return max(0, (context - prompt_tokens - max_new_tokens) // tokens_per_frame(config))
+    units = max(0, (context - prompt_tokens - max_new_tokens) // tokens_per_frame(config))
+    return units * frames_per_unit(config)
 
 
 @dataclass(frozen=True)
@@ -134,11 +131,12 @@ class Capacity:
 
 
 def answer_room(config, dtype, free: int, prompt_tokens: int) -> tuple[int, str]:
-    """(tokens, what limits them): the longest answer that leaves room for the prompt and one frame, in the LLM's
-    context and in `free` bytes of memory for the token buffer and KV cache."""
+    """(tokens, what limits them): the longest answer that leaves room for the prompt and one frame (one unit),
+    in the LLM's context and in `free` bytes of memory for the token buffer and KV cache."""
     context = text_config(config).max_position_embeddings
     by_context = context - prompt_tokens - tokens_per_frame(config)
-    by_memory = (free - bytes_per_frame(config, dtype)) // kv_bytes_per_token(config, dtype) - prompt_tokens
+    unit = bytes_per_frame(config, dtype) * frames_per_unit(config)
+    by_memory = (free - unit) // kv_bytes_per_token(config, dtype) - prompt_tokens
     if by_memory < by_context:
         return max(0, int(by_memory)), f"memory for the KV cache: {free / GIB:.1f} GiB free"
     return max(0, by_context), f"the LLM's context of {context} positions, less the prompt and one frame"
@@ -160,7 +158,7 @@ def frame_capacity(config, dtype, batch_size: int, free: int, prompt_tokens: int
     check_answer_room(config, dtype, free - working, prompt_tokens, max_new_tokens)
     context = context_frames(config, prompt_tokens, max_new_tokens)
     answer = (prompt_tokens + max_new_tokens) * kv_bytes_per_token(config, dtype)
-    memory = max(1, (free - working - answer) // bytes_per_frame(config, dtype))
+    memory = max(frames_per_unit(config), whole_units((free - working - answer) // bytes_per_frame(config, dtype), config))
     if memory < context:
         return Capacity(int(memory), "memory left for the token buffer and KV cache")
     return Capacity(int(context), f"the LLM's context ({text_config(config).max_position_embeddings} positions)")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 
-from vidmini.backends import FAMILIES
 from vidmini.errors import ModelLoadError
+from vidmini.families.registry import NAMES, model_types, source_for
 from vidmini.paths import check_not_url, special_kind
 
-LLAVA_MINI = "llava_mini_llama"  # the released checkpoint's model_type (docs/llava-mini.md §4.1)
-SUPPORTED = (LLAVA_MINI, *FAMILIES)
+DEFAULT_MODEL = "ICTNLP/llava-mini-llama-3.1-8b"  # --model's default (the CLI and LoadOptions read it here)
 
 
 def read_config(path: str) -> dict:
@@ -27,17 +26,17 @@ def model_type(path: str) -> str:
     """The checkpoint's `model_type` (config.json), which picks the classes that load it; exit 4 for a family
     vidmini cannot run (the LLaVA-Mini classes would fail on it with an error no user could read)."""
     family = str(read_config(path).get("model_type", ""))
-    if family not in SUPPORTED:
+    if family not in model_types():
         what = f"is a {family} checkpoint" if family else "has no model_type in its config.json"
-        raise ModelLoadError(f"{path} {what}; vidmini runs {', '.join(SUPPORTED)} (LLaVA-Mini, LLaVA-NeXT-Video, "
-                             "LLaVA-OneVision)")
+        raise ModelLoadError(f"{path} {what}; vidmini runs {', '.join(model_types())} "
+                             f"({', '.join(NAMES.get(t, t) for t in model_types())})")
     return family
 
 
 def check_checkpoint(model_id: str) -> None:
     """What can be refused about --model before anything slow, from the file system and config.json alone (no
     torch): a URL, a file where a folder is meant, a folder of a family vidmini does not run."""
-    if model_id == "demo":
+    if source_for(model_id) is not None:  # a registered source (the demo) checks its own
         return
     check_not_url(model_id, "a Hub id or the path of a model folder")
     if os.path.exists(model_id) and not os.path.isdir(model_id):

@@ -18,6 +18,7 @@ from typing import Optional
 import typer
 
 from vidmini import errors
+from vidmini.checkpoint_files import DEFAULT_MODEL
 from vidmini.evidence import DEFAULT_MOMENTS
 from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS
 
@@ -191,7 +192,7 @@ def probe(
         raise typer.Exit(errors.BAD_INPUT)  # the reason is in each file's record
 
 
-ModelOpt = typer.Option("ICTNLP/llava-mini-llama-3.1-8b", "--model", envvar="VIDMINI_MODEL",
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", envvar="VIDMINI_MODEL",
                         help="Hugging Face Hub id or local folder of a LLaVA-Mini checkpoint.")
 def _check_device(value: str) -> str:
     if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
@@ -275,7 +276,7 @@ def ask(
         from vidmini.memory_report import print_dry_run
 
         plan = plan_run(model, video, sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
-                        _read_questions(questions) if questions else [])
+                        _read_questions(questions) if questions else [], tokens_per_frame, prefusion_tokens)
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])

@@ -1,34 +1,34 @@
-"""The streaming engine: frames -> vision tokens in a preallocated buffer -> answers (docs/design.md, data flow).
+"""The streaming engine: frames -> LLM tokens in a preallocated buffer -> answers (docs/architecture.md, data flow).
 
 One pass over the frames serves every query. A query is a question over a range of frames (the whole video, or a
-chapter). Per batch of frames, a frame strategy turns pixels into K tokens per frame, written by index into the
-TokenBuffer:
-- MiniFrames (LLaVA-Mini): CLIP + compressor + projector, then one pre-fusion pass with all the questions packed
-  in (vidmini.model.prefusion); each query's fused prompt is summed in fp32 over the frames of its range.
-- PlainFrames (vidmini.backends.hf_video: LLaVA-NeXT-Video, LLaVA-OneVision): the model's own per-frame tokens,
-  K of them by VisionZip; the prompt is the model's own chat format, embedded as it is.
-Then, per range, the LLM prefills [prefix | frame tokens | after the frames] once and each question continues from
-there with its own suffix (last-position logits only).
+chapter). The engine knows no model family: it talks to a FrameModel (vidmini.families.interface, docs/families.md).
+Per batch of frames: normalise, `encode` (the vision side), `fuse` (the family's own step with the questions, if
+any), and the units' tokens are written by index into the TokenBuffer. Then, per range, the LLM prefills
+[prefix | frame tokens | after the frames] once and each question continues from there with its own suffix
+(last-position logits only), at the positions the family gives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vidmini import capacity
 from vidmini.capacity import text_config
-from vidmini.errors import DeviceOutOfMemory, UsageError
+from vidmini.errors import DeviceOutOfMemory
+from vidmini.families.interface import FramePass, VideoSpan
+from vidmini.families.registry import adapt
 from vidmini.memory import Recorder
-from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, prefill
-from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
+from vidmini.model.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, positioned, prefill
 from vidmini.model.preprocess import PixelBuffer, normalize, pixel_stats
-from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids, role_header_ids, without_role_header
-from vidmini.reduce.prefusion import encode_frames_reduced
-from vidmini.video.frames import FrameBatch, FrameGeometry
+from vidmini.model.prompt import role_header_ids, without_role_header
+from vidmini.video.frames import FrameBatch
+
+Encoded = FramePass  # what engine.encode returns: the family's state of the pass, with the token buffer in it
 
 
 @dataclass(frozen=True)
@@ -50,41 +50,67 @@ class EngineOptions:
     temperature: float = 1.0
     top_p: float | None = None
     seed: int | None = None
-    system_prompt: str = SYSTEM_PROMPT
     prefusion_tokens: int | None = None  # LLaVA-Mini: VisionZip keeps K vision tokens for pre-fusion (None = exact)
     evidence: bool = False  # score each answer's attention to the frames (vidmini.model.relevance)
     evidence_layers: tuple[int, ...] | None = None  # LLM layers it reads; None = relevance.EVIDENCE_DEPTH of them
 
 
 class TokenBuffer:
-    """[capacity * C*C, H] on the device, allocated once; frames are written by index, never concatenated.
-    Beside it, each frame's presentation time (seconds from the video's start): a frame's place in the LLM's
-    sequence is its place here, so that is where an answer's evidence gets its time."""
+    """[capacity * K, H] on the device, allocated once; units (`frames_per_unit` consecutive frames, one frame for
+    most families) are written by index, never concatenated. Beside it, each frame's presentation time (seconds
+    from the video's start): a frame's place in the LLM's sequence is its unit's place here, so that is where an
+    answer's evidence gets its time; and, for families that give one, each token's place inside its unit (grid)."""
 
-    def __init__(self, capacity: int, tokens_per_frame: int, hidden: int, device, dtype):
-        self.capacity, self.tokens_per_frame = capacity, tokens_per_frame
-        self.data = torch.empty(capacity * tokens_per_frame, hidden, device=device, dtype=dtype)  # [F*C², H]
-        self.times = torch.zeros(capacity, dtype=torch.float64)  # [F] seconds, on the CPU
-        self.count = 0
+    def __init__(self, capacity: int, tokens_per_frame: int, hidden: int, device, dtype, frames_per_unit: int = 1):
+        self.capacity, self.tokens_per_unit, self.frames_per_unit = capacity, tokens_per_frame, frames_per_unit
+        self.data = torch.empty(capacity * tokens_per_frame, hidden, device=device, dtype=dtype)  # [U*K, H]
+        self.times = torch.zeros(capacity * frames_per_unit, dtype=torch.float64)  # [U*f] seconds, on the CPU
+        self.grid: torch.Tensor | None = None  # [U*K, G] int64, allocated on the first unit that has one
+        self.count = 0  # units written
+        self.frame_count = 0  # frames delivered (the last unit may be completed by repeating a frame)
 
-    def write(self, tokens: torch.Tensor, times=None) -> None:
-        """tokens [B, C*C, H] for the next B frames; times [B] their presentation times."""
-        n = tokens.shape[0]
+    @property
+    def tokens_per_frame(self) -> int:
+        """K when a unit is one frame (every family but the multi-frame ones, which read tokens_per_unit)."""
+        return self.tokens_per_unit
+
+    def write(self, tokens: torch.Tensor, times=None, grid: torch.Tensor | None = None, frames: int | None = None):
+        """tokens [B, K, H] for the next B units; times [B * frames_per_unit] their frames' presentation times;
+        grid [B, K, G] each token's place in its unit; frames: how many of the units' frames are real (default
+        all)."""
+        n, t, f = tokens.shape[0], self.tokens_per_unit, self.frames_per_unit
         if self.count + n > self.capacity:
             raise RuntimeError(f"token buffer full ({self.capacity} frames)")
-        t = self.tokens_per_frame
         self.data[self.count * t : (self.count + n) * t] = tokens.reshape(n * t, -1)
         if times is not None:
-            self.times[self.count : self.count + n] = torch.as_tensor(times, dtype=torch.float64)
+            self.times[self.count * f : (self.count + n) * f] = torch.as_tensor(times, dtype=torch.float64)
+        if grid is not None:
+            if self.grid is None:
+                self.grid = torch.zeros(self.capacity * t, grid.shape[-1], dtype=torch.long)
+            self.grid[self.count * t : (self.count + n) * t] = grid.reshape(n * t, -1).cpu()
         self.count += n
+        self.frame_count += n * f if frames is None else frames
+
+    def units(self, start: int = 0, end: int | None = None) -> tuple[int, int]:
+        """The units holding frames start..end (an end inside a unit takes the whole unit)."""
+        f = self.frames_per_unit
+        end = self.frame_count if end is None else min(end, self.frame_count)
+        return start // f, min(self.count, -(-end // f))
 
     def frames(self, start: int = 0, end: int | None = None) -> torch.Tensor:
-        end = self.count if end is None else min(end, self.count)
-        return self.data[start * self.tokens_per_frame : end * self.tokens_per_frame]  # [(end-start)*C², H]
+        lo, hi = self.units(start, end)
+        return self.data[lo * self.tokens_per_unit : hi * self.tokens_per_unit]  # [(hi-lo)*K, H]
+
+    def span(self, start: int = 0, end: int | None = None) -> VideoSpan:
+        """The units of frames start..end as a family's `positions` reads them."""
+        lo, hi = self.units(start, end)
+        t, f = self.tokens_per_unit, self.frames_per_unit
+        grid = None if self.grid is None else self.grid[lo * t : hi * t]
+        return VideoSpan(hi - lo, t, f, self.times[lo * f : hi * f], grid)
 
     @property
     def bytes_per_frame(self) -> int:
-        return self.tokens_per_frame * self.data.shape[1] * self.data.element_size()
+        return self.tokens_per_unit * self.data.shape[1] * self.data.element_size() // self.frames_per_unit
 
 
 @dataclass(frozen=True)
@@ -104,137 +130,76 @@ class Relevance:
         return self.answer[rows].mean(0)
 
 
-@dataclass
-class Encoded:
-    """Everything the answers need after the pass over the frames."""
+class _Held:
+    """Frames of an incomplete unit, carried over to the next batch; at the end, the last unit is completed by
+    repeating the video's last frame (as the multi-frame families' processors pad a clip). One-frame units pass
+    through untouched."""
 
-    buffer: TokenBuffer
-    layout: FusionLayout | None  # LLaVA-Mini: where each question sits in pre-fusion
-    questions: list[str]  # distinct questions, in layout order
-    prompts: list[list[int]]
-    text_sums: dict[tuple[int, int | None], torch.Tensor]  # LLaVA-Mini, per frame range: [S_text, H] fp32
-    ranges: list[tuple[int, int | None]] = field(default_factory=list)  # distinct (start, end) of the queries
+    def __init__(self, per_unit: int):
+        self.per_unit = per_unit
+        self.frames: np.ndarray | None = None  # [< per_unit, S, S, 3]
+        self.times: np.ndarray | None = None
 
-    @property
-    def frames(self) -> int:
-        return self.buffer.count
+    def take(self, frames: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(frames, times, real frames) of the whole units available now."""
+        if self.per_unit == 1:
+            return frames, times, len(frames)
+        if self.frames is not None:  # a few frames held: one copy of this batch with them in front
+            frames, times = np.concatenate([self.frames, frames]), np.concatenate([self.times, times])
+        whole = len(frames) // self.per_unit * self.per_unit
+        self.frames, self.times = (frames[whole:], times[whole:]) if whole < len(frames) else (None, None)
+        return frames[:whole], times[:whole], whole
 
-
-class MiniFrames:
-    """LLaVA-Mini's way: per batch, CLIP + compressor + projector, then one pre-fusion pass with every question
-    packed in; the frame tokens are question-independent, and each question's fused prompt is the mean over the
-    frames of its range (summed in fp32). With `prefusion_tokens`, VisionZip keeps K of the 576 vision tokens
-    for pre-fusion (vidmini.reduce.prefusion)."""
-
-    def __init__(self, model, tokenizer, options: EngineOptions):
-        self.model, self.tokenizer, self.options = model, tokenizer, options
-        self.prefusion_tokens = options.prefusion_tokens
-        cfg = model.config
-        self.geometry = FrameGeometry()  # 336x336 squashed, as the reference
-        self.mean, self.std = cfg.image_mean, cfg.image_std
-        self.shape = cfg if self.prefusion_tokens is None else capacity.llava_mini_shape(cfg, self.prefusion_tokens)
-
-    def prompt_ids(self, question: str) -> list[int]:
-        return build_prompt_ids(self.tokenizer, question, self.options.system_prompt)
-
-    def start(self, encoded: Encoded, device, dtype) -> None:
-        encoded.layout = layout = FusionLayout.build(encoded.prompts)
-        patches = self.model.model.vision_tower.num_patches
-        prefix = None if self.prefusion_tokens is None else \
-            min(self.prefusion_tokens, patches) + self.model.tokens_per_frame  # kept vision + compressed tokens
-        self._mask = self.model.fusion_mask(layout, device, dtype, prefix)
-        hidden = self.model.config.hidden_size
-        encoded.text_sums = {r: torch.zeros(len(layout.text_ids), hidden, device=device) for r in encoded.ranges}
-
-    def encode(self, pixels: torch.Tensor, stats: torch.Tensor, encoded: Encoded, recorder: Recorder,
-               scratch: torch.Tensor | None = None):
-        """(frame tokens [b, C*C, H], text [b, S_text, H]). scratch: float storage for the pixels (normalize)."""
-        with recorder.stage("vision encode"):
-            pv = normalize(pixels, stats, scratch)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
-            if self.prefusion_tokens is None:
-                vision, compressed = self.model.encode_frames(pv)
-                positions = None
-            else:
-                vision, compressed, positions = encode_frames_reduced(self.model, pv, self.prefusion_tokens)
-        with recorder.stage("pre-fusion"):
-            return self.model.fuse(vision, compressed, encoded.layout, self._mask, positions)
-
-    @staticmethod
-    def accumulate(encoded: Encoded, text: torch.Tensor, first: int, end: int) -> None:
-        for (start, stop), total in encoded.text_sums.items():
-            lo, hi = max(start, first), min(end if stop is None else stop, end)
-            if hi > lo:
-                total += text[lo - first : hi - first].float().sum(0)
-
-    def pieces(self, encoded: Encoded, key, count: int, index: int):
-        """(prefix [n, H], suffix [m, H]) of one question over one range: the fused prompt around <image>."""
-        mean = encoded.text_sums[key] / count  # [S_text, H] fp32: the frames' average, as the reference
-        prompt = self.model.fused_prompt(encoded.layout, index, mean)  # [L, H]
-        at = encoded.prompts[index].index(IMAGE_TOKEN_INDEX)
-        return prompt[:at], prompt[at + 1 :]
-
-    def after_frames(self) -> torch.Tensor:
-        return self.model.model.embed_tokens.weight[:0]  # [0, H]: nothing follows LLaVA-Mini's frame tokens
+    def rest(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The held frames as one unit, padded with the last frame; nothing when none are held."""
+        if self.frames is None:
+            return np.empty((0,)), np.empty((0,)), 0
+        real, pad = len(self.frames), self.per_unit - len(self.frames)
+        frames = np.concatenate([self.frames, np.repeat(self.frames[-1:], pad, axis=0)])
+        times = np.concatenate([self.times, np.repeat(self.times[-1:], pad)])
+        self.frames = self.times = None
+        return frames, times, real
 
 
-class PlainFrames:
-    """A video VLM whose frame tokens need no question (vidmini.backends.hf_video): per batch, the backend's
-    K tokens per frame; per question, its own prompt embedded around [frames | video_end]."""
+class Frames:
+    """The engine's side of its FrameModel: the prompt, the embedded pieces around the frames and what follows
+    them, routed through one place (tests and benches replace `prompt_ids` here to pin a prompt)."""
 
-    def __init__(self, model, tokenizer, options: EngineOptions):
-        if options.prefusion_tokens is not None:
-            raise UsageError(f"--prefusion-tokens is for LLaVA-Mini; this model is {model.family} "
-                             "(use --tokens-per-frame)")
-        self.model, self.tokenizer, self.options = model, tokenizer, options
-        self.geometry, self.mean, self.std = model.geometry, model.image_mean, model.image_std
-        self.shape = model.frame_shape
+    def __init__(self, model):
+        self.model = model
 
     def prompt_ids(self, question: str) -> list[int]:
-        prefix, suffix = self.model.prompt(question)
-        return prefix + [self.model.config.video_token_id] * len(self.model.video_end()) + suffix
-
-    def start(self, encoded: Encoded, device, dtype) -> None:
-        pass
-
-    def encode(self, pixels: torch.Tensor, stats: torch.Tensor, encoded: Encoded, recorder: Recorder,
-               scratch: torch.Tensor | None = None):
-        with recorder.stage("vision encode"):
-            pv = normalize(pixels, stats, scratch)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
-            return self.model.encode_frames(pv), None  # [b, K, H]
-
-    @staticmethod
-    def accumulate(encoded: Encoded, text, first: int, end: int) -> None:
-        pass
+        return self.model.prompt_ids(question)
 
     def pieces(self, encoded: Encoded, key, count: int, index: int):
-        """(prefix [n, H], suffix [m, H]): the model's own prompt, embedded. The video's end tokens
-        (after_frames) are the same for every question, so the engine prefills them once with the frames."""
-        prefix, suffix = self.model.prompt(encoded.questions[index])
-        return self.model.embed(prefix), self.model.embed(suffix)
+        """(prefix [n, H], suffix [m, H]) of question `index` over the range `key` of `count` frames."""
+        return self.model.pieces(encoded, key, count, index)
 
     def after_frames(self) -> torch.Tensor:
-        return self.model.video_end()  # [n, H]
-
-
-def frame_strategy(model, tokenizer, options: EngineOptions):
-    """LLaVA-Mini (pre-fusion with the questions) or a plain per-frame token model."""
-    return MiniFrames(model, tokenizer, options) if hasattr(model, "fuse") else PlainFrames(model, tokenizer, options)
+        return self.model.after_frames()  # [n, H]
 
 
 class Engine:
     def __init__(self, model, tokenizer, options: EngineOptions | None = None, recorder: Recorder | None = None):
-        self.model, self.tokenizer = model, tokenizer
         self.options = options or EngineOptions()
-        self.device = model.device
-        self.dtype = model.compute_dtype
+        self.model = adapt(model, tokenizer, self.options.prefusion_tokens)  # vidmini.families.registry
+        self.tokenizer = tokenizer
+        self.device = self.model.device
+        self.dtype = self.model.compute_dtype
         self.recorder = recorder or Recorder(device=str(self.device))
-        self.frames = frame_strategy(model, tokenizer, self.options)
-        self.geometry = self.frames.geometry
-        self.shape = self.frames.shape  # what a frame costs (vidmini.capacity)
-        self.stats = pixel_stats(self.frames.mean, self.frames.std).to(self.device)
+        self.frames = Frames(self.model)
+        self.geometry = self.model.geometry
+        self.shape = self.model.shape  # what a unit costs (vidmini.capacity)
+        self.stats = pixel_stats(self.model.image_mean, self.model.image_std).to(self.device)
         self.batch_size = self.options.batch_size or capacity.auto_batch_size(self.shape, self.dtype, self.device)
         self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
         self.role_header = role_header_ids(tokenizer)  # never part of an answer (answer_tokens)
+
+    @property
+    def tokens_per_frame(self) -> int | float:
+        """LLM tokens a frame leaves: K, or K over the frames of a multi-frame unit."""
+        per = self.model.tokens_per_unit / self.model.frames_per_unit
+        return int(per) if per == int(per) else per
 
     def kv_bytes_per_token(self) -> int:
         return capacity.kv_bytes_per_token(self.shape, self.dtype)
@@ -261,23 +226,37 @@ class Engine:
                on_batch: Callable[[FrameBatch], None] | None = None) -> Encoded:
         questions = list(dict.fromkeys(q.question for q in queries))
         hidden = text_config(self.shape).hidden_size
-        buffer = TokenBuffer(capacity, self.model.tokens_per_frame, hidden, self.device, self.dtype)
+        per_unit = self.model.frames_per_unit
+        buffer = TokenBuffer(-(-capacity // per_unit), self.model.tokens_per_unit, hidden, self.device, self.dtype,
+                             per_unit)
         ranges = list(dict.fromkeys((q.start, q.end) for q in queries))
         prompts = [self.prompt_ids(q) for q in questions]
-        encoded = Encoded(buffer, None, questions, prompts, {}, ranges)
-        self.frames.start(encoded, self.device, self.dtype)
+        encoded = self.model.begin(FramePass(questions, prompts, ranges), self.device, self.dtype)
+        encoded.buffer = buffer
         # On the CPU the float pixels of every batch go to one buffer kept for the pass (see PixelBuffer); CUDA's
         # caching allocator reuses memory by itself.
         scratch = PixelBuffer(self.device) if self.device.type == "cpu" else None
+        held = _Held(per_unit)
         for batch in self._timed(batches):
-            first = start = buffer.count
-            for frame_tokens, text in self._encoded(batch.frames, encoded, scratch):
-                buffer.write(frame_tokens, batch.times_s[first - start : first - start + len(frame_tokens)])
-                self.frames.accumulate(encoded, text, first, buffer.count)
-                first = buffer.count
+            self._write(held.take(batch.frames, batch.times_s), encoded, scratch)
             if on_batch:
                 on_batch(batch)
+        self._write(held.rest(), encoded, scratch)
         return encoded
+
+    def _write(self, piece, encoded: Encoded, scratch) -> None:
+        """Encode whole units of frames (pixels [n, S, S, 3], times [n], real frames) into the buffer."""
+        frames, times, real = piece
+        if not len(frames):
+            return
+        buffer, per_unit = encoded.buffer, self.model.frames_per_unit
+        first = start = buffer.count
+        for out in self._encoded(frames, encoded, scratch):
+            units = len(out.tokens)
+            lo = (first - start) * per_unit
+            count = min(units * per_unit, max(0, real - lo))
+            buffer.write(out.tokens, times[lo : lo + units * per_unit], out.grid, count)
+            first = buffer.count
 
     def _timed(self, batches: Iterable[FrameBatch]):
         """The batches, with the wait for each recorded as the "decode" stage (decoding runs ahead in a thread:
@@ -291,15 +270,22 @@ class Engine:
             yield batch
 
     def _encoded(self, frames, encoded: Encoded, scratch: PixelBuffer | None = None):
-        """(frame tokens [b, K, H], text [b, S_text, H] or None) for the batch, in pieces small enough to fit."""
+        """UnitTokens for the frames (whole units), in pieces small enough to fit."""
         pixels = torch.from_numpy(frames).to(self.device)  # [B, S, S, 3] uint8: 4x less to move than floats
+        per_unit = self.model.frames_per_unit
+        stage = self.model.fusion_stage
         lo = 0
         while lo < len(pixels):
-            size = min(self.batch_size, len(pixels) - lo)
+            size = max(per_unit, min(self.batch_size, len(pixels) - lo) // per_unit * per_unit)
             piece = pixels[lo : lo + size]
             out = scratch.take(piece.numel()) if scratch is not None else None
             try:
-                result = self.frames.encode(piece, self.stats, encoded, self.recorder, out)
+                with self.recorder.stage("vision encode"):
+                    pv = normalize(piece, self.stats, out)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
+                    result = self.model.encode(pv, encoded)
+                if stage is not None:
+                    with self.recorder.stage(stage):
+                        result = self.model.fuse(result, encoded, encoded.buffer.count)
             except torch.OutOfMemoryError:
                 self._back_off("vision batch")
                 continue
@@ -343,7 +329,8 @@ class Engine:
         prefix is the same, each question then continuing from the rewound cache."""
         start, end = queries[members[0]].frame_range(encoded.frames)
         count = max(1, end - start)
-        frames = encoded.buffer.frames(start, end)  # [(end-start)*K, H]: a view of the buffer, never copied
+        frames = encoded.buffer.frames(start, end)  # [units*K, H]: a view of the buffer, never copied
+        span = encoded.buffer.span(start, end)
         after = self.frames.after_frames().to(frames.dtype)  # [n, H]: OneVision's newline; nothing for the others
         embeds = [self.frames.pieces(encoded, key, count, encoded.questions.index(queries[i].question))
                   for i in members]
@@ -357,37 +344,39 @@ class Engine:
         cache = new_cache(self.model, shared_len + longest + max_new)
         if same_prefix:
             with self.recorder.stage("LLM prefill"):
-                self._prefill([shared, frames, after], cache, 0)
+                self._prefill([shared, frames, after], cache, 0, self.model.positions(len(shared), span, len(after)))
         capture = self._capture()
         recording = capture.recording if capture else nullcontext
         for i, (prefix, suffix) in zip(members, embeds):
             after_frames = len(prefix) + len(frames) + len(after)  # the first position after the video
+            positions = self.model.positions(len(prefix), span, len(after))
             with self.recorder.stage("LLM prefill"), recording(after_frames):
                 if same_prefix:
                     cache.rewind(shared_len)
-                    logits = self._prefill([suffix], cache, shared_len)
+                    logits = self._prefill([suffix], cache, shared_len, positions)
                 else:
                     cache.rewind(0)
-                    logits = self._prefill([prefix, frames, after, suffix], cache, 0)
+                    logits = self._prefill([prefix, frames, after, suffix], cache, 0, positions)
             with self.recorder.stage("answer decode"), recording(after_frames):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
-                tokens = decode(self.model, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)
+                tokens = decode(positioned(self.model, positions), logits, shared_len + len(suffix), cache, max_new,
+                                eos, pick, emit)
             self._measure_cache(cache, shared_len + longest + max_new)
             if capture:
                 with self.recorder.stage("evidence"):
                     answer, baseline = capture.frame_attention(
-                        cache, len(prefix), end - start, encoded.buffer.tokens_per_frame,
+                        cache, len(prefix), span.units, span.tokens_per_unit,
                         queries_from=after_frames + len(suffix) - 1)  # the question's last position on
                     capture.clear()
                 if on_evidence:
-                    times = encoded.buffer.times[start:end].clone()
+                    times = span.times[:: span.frames_per_unit].clone()  # [units]: each unit's first frame
                     on_evidence(i, Relevance(answer.cpu(), baseline.cpu(), times, capture.layers))
             yield tokens
 
-    def _prefill(self, pieces, cache, start):
+    def _prefill(self, pieces, cache, start, positions):
         while True:
             try:
-                return prefill(self.model, pieces, cache, self.options.chunk, start)
+                return prefill(positioned(self.model, positions), pieces, cache, self.options.chunk, start)
             except torch.OutOfMemoryError:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -14,14 +14,12 @@ from vidmini.memory import GIB, MB, Recorder, rss_bytes
 
 
 def weights_by_component(model) -> dict[str, dict]:
-    """Bytes and dtypes per part; the LLM is everything not in a part. Other models name their parts
-    (`weight_parts`, vidmini.backends)."""
-    parts = model.weight_parts() if hasattr(model, "weight_parts") else {
-        "vision_tower": model.model.vision_tower,
-        "compressor": model.model.compressor,
-        "projector": model.model.mm_projector,
-        "prefusion": model.model.prefusion_layers,
-    }
+    """Bytes and dtypes per part its family names (FrameModel.weight_parts); the LLM is everything not in a part.
+    `model`: a FrameModel, or a loaded model its family adapts (vidmini.families.registry.adapt)."""
+    from vidmini.families.registry import adapt
+
+    model = adapt(model, None)
+    parts = model.weight_parts()
     out = {}
     for name, module in parts.items():
         out[name] = _module_bytes(module)
@@ -43,7 +41,7 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
     frames = encoded.frames
     buffer = encoded.buffer
     kv_per_token = engine.measured_kv_bytes_per_token or engine.kv_bytes_per_token()
-    kv_per_frame = kv_per_token * model.tokens_per_frame
+    kv_per_frame = capacity.per_frame(kv_per_token * model.tokens_per_unit, engine.shape)
     slope = buffer.bytes_per_frame + kv_per_frame
     weights = weights_by_component(model)
     weight_bytes = sum(w["bytes"] for w in weights.values())
@@ -66,7 +64,7 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
                  if recorder.cuda else None},
         "weights": {**weights, "total_bytes": weight_bytes},
         "token_buffer": {"bytes": buffer.data.numel() * buffer.data.element_size(), "capacity_frames": buffer.capacity,
-                         "tokens_per_frame": buffer.tokens_per_frame,
+                         "tokens_per_frame": engine.tokens_per_frame,
                          "frames": frames, "bytes_per_frame": buffer.bytes_per_frame,
                          "dtype": str(buffer.data.dtype).replace("torch.", "")},
         "kv_cache": {"bytes_per_token": kv_per_token, "bytes_per_frame": kv_per_frame,
@@ -173,32 +171,27 @@ def write_snapshot(path: str) -> None:
 
 # ---- will it fit, without running --------------------------------------------------------------------------------
 def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, device: str, batch_size: int | None,
-            max_new_tokens: int, questions: list[str]) -> dict:
+            max_new_tokens: int, questions: list[str], tokens_per_frame: int | None = None,
+            prefusion_tokens: int | None = None) -> dict:
     """The plan from the checkpoint's config and the probe alone (no weights are fetched or loaded): frames after
-    the same capacity rule `ask` applies, batch, expected peak memory."""
+    the same capacity rule `ask` applies, batch, expected peak memory. Any registered family (its Family answers
+    from the config)."""
     import torch
 
-    from vidmini.model.checkpoint import prepare_config
-    from vidmini.model.config import LlavaMiniConfig
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
-    from vidmini.model.loading import locate_checkpoint, pick_device, pick_dtype
+    from vidmini.checkpoint_files import model_type
+    from vidmini.families.registry import family
+    from vidmini.model.loading import LoadOptions, locate_checkpoint, pick_device, pick_dtype
     from vidmini.sources import is_image, plan_video
 
+    options = LoadOptions(model_id, device, dtype, quantize, tokens_per_frame=tokens_per_frame)
     path = locate_checkpoint(model_id, weights=False)
-    from vidmini.backends import FAMILIES
-    from vidmini.errors import UsageError
-    from vidmini.model.loading import model_type
-
-    if model_type(path) in FAMILIES:
-        raise UsageError(f"--dry-run plans LLaVA-Mini checkpoints only; {model_id} is {model_type(path)} "
-                         "(run it with --profile-memory instead)")
-    config = prepare_config(path, LlavaMiniConfig.from_pretrained(path), {})
-    prompt_tokens = _prompt_tokens(path, questions)
+    found = family(model_type(path))
+    config = found.frame_shape(path, options, prefusion_tokens)
+    prompt_tokens = found.prompt_length(path, questions)
     device = pick_device(device)
     dt = pick_dtype(dtype, device)
-    with torch.device("meta"):
-        model = LlavaMiniForCausalLM(config)
-    weight_bytes = _weight_bytes(weights_by_component(model), quantize, torch.finfo(dt).bits)
+    weights = weights_by_component(found.meta_model(path))
+    weight_bytes = _weight_bytes(weights, quantize, torch.finfo(dt).bits, found.quantized_parts)
     batch = batch_size or capacity.auto_batch_size(config, dt, device)
     if is_image(video):
         wanted, duration = 1, None
@@ -218,21 +211,11 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
             "longest_video_at_1fps": capacity.projection(weight_bytes + working, per_frame, config)}
 
 
-def _prompt_tokens(path: str, questions: list[str]) -> int:
-    """The longest prompt's token count, from the checkpoint's tokenizer (a few small files, no weights)."""
-    from transformers import AutoTokenizer
-
-    from vidmini.model.prompt import build_prompt_ids
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return max(len(build_prompt_ids(tokenizer, q)) for q in questions or [""])
-
-
-def _weight_bytes(weights: dict, quantize: str, bits: int) -> int:
-    """Bytes of the weights once loaded: the LLM and pre-fusion at the quantized width, the rest at `bits`
+def _weight_bytes(weights: dict, quantize: str, bits: int, quantized: tuple[str, ...]) -> int:
+    """Bytes of the weights once loaded: the `quantized` parts at the quantized width, the rest at `bits`
     (meta parameters are float32, so a component's byte count / 4 is its parameter count)."""
     quant_bits = {"none": bits, "8bit": 8, "4bit": 4}[quantize]
-    return sum(v["bytes"] // 4 * (quant_bits if k in ("llm", "prefusion") else bits) // 8 for k, v in weights.items())
+    return sum(v["bytes"] // 4 * (quant_bits if k in quantized else bits) // 8 for k, v in weights.items())
 
 
 def print_dry_run(plan: dict) -> None:

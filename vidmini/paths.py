@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from pathlib import Path
 
 from vidmini.errors import BadInput, UsageError
 
@@ -15,6 +16,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"))
+
+
+def user_cache_dir() -> Path:
+    """vidmini's folder in the user's cache ($XDG_CACHE_HOME/vidmini, else ~/.cache/vidmini): decoded frames,
+    the demo model's prepared LLM."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vidmini"
 
 
 def is_image(path: str) -> bool:

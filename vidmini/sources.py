@@ -107,22 +107,19 @@ def read_image(path: str):
         return upright.convert("RGB"), frames
 
 
-def open_image(path: str, config=None, geometry: FrameGeometry | None = None) -> Source:
-    """An image as a one-frame source: LLaVA-Mini's way (config: pad or crop as the reference) or, for the other
-    models, as one frame of a video (`geometry`)."""
+def open_image(path: str, model=None, geometry: FrameGeometry | None = None) -> Source:
+    """An image as a one-frame source: the model's own image path where its family has one (FrameModel.image_frame:
+    LLaVA-Mini pads or crops as the reference), else one frame of a video at `geometry` (the model's, by default)."""
     from PIL import UnidentifiedImageError
-
-    from vidmini.model.preprocess import process_image
 
     check_input_file(path, "image file")
     try:
         image, frames = read_image(path)
     except (UnidentifiedImageError, OSError) as err:
         raise VideoError(f"{path}: not a readable image ({err})")
-    if geometry is not None:
-        pixels = model_frame(np.asarray(image), 0, geometry)
-    else:
-        pixels = process_image(image, config.image_aspect_ratio, config.image_mean)
+    pixels = model.image_frame(image) if model is not None else None
+    if pixels is None:
+        pixels = model_frame(np.asarray(image), 0, geometry or model.geometry)
     notes = [f"{path} is an animated image of {frames} frames: the model sees its first frame only "
              "(convert it to a video to ask about all of them)"] if frames > 1 else []
     batch = FrameBatch(pixels[None], np.zeros(1), np.zeros(1, dtype=np.int64))

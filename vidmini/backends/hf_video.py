@@ -17,12 +17,12 @@ LLaVA-OneVision / LLaVA-Video do (HoliTom, DyToK). So K = native (or more) is ex
 smaller K keeps D dominant + C contextual tokens with D:C = 54:10 (the paper's 64-token split).
 Frames are independent and question-independent, so the tokens can be cached per video.
 
-A VideoBackend is a frame model for vidmini.engine (the same streaming engine as LLaVA-Mini): `encode_frames`
-gives [B, K, H] LLM-ready tokens per frame, `video_end` what follows a frame range, `prompt` the model's own chat
-format split around its single `<video>` placeholder, `embed` / `language_forward` / `eos_ids` the LLM side, and
-`geometry` / `image_mean` / `image_std` / `frame_shape` what the decoder, the normalisation and vidmini.capacity
-need, read from the checkpoint's own preprocessor config, chat template and config. `load` builds one from a folder (vidmini.model.loading
-locates it).
+A VideoBackend is a frame model (vidmini.families.interface.FrameModel, docs/families.md) for the same streaming
+engine as LLaVA-Mini: `encode_frames` gives [B, K, H] LLM-ready tokens per frame, `video_end` what follows a frame
+range, `prompt` the model's own chat format split around its single `<video>` placeholder, `embed` /
+`language_forward` / `eos_ids` the LLM side, and `geometry` / `image_mean` / `image_std` / `shape` what the
+decoder, the normalisation and vidmini.capacity need, read from the checkpoint's own preprocessor config, chat
+template and config. `FAMILY` is the registry's entry; loading (vidmini.model.loading) locates the folder.
 """
 
 from __future__ import annotations
@@ -36,24 +36,23 @@ import torch
 import torch.nn.functional as F
 
 from vidmini import capacity
-from vidmini.backends import FAMILIES
 from vidmini.errors import ModelLoadError, UsageError
-from vidmini.reduce.visionzip import layer_signals, select_and_merge
+from vidmini.families.interface import Family, FrameModel, UnitTokens
+from vidmini.families.registry import NAMES
+from vidmini.reduce.visionzip import Budget, layer_signals, select_and_merge, split_budget
 from vidmini.video.frames import FrameGeometry
 
+FAMILIES = ("llava_next_video", "llava_onevision")
+END_TOKENS = {"llava_next_video": 0, "llava_onevision": 1}  # tokens after a video's last frame (video_end)
 
-@dataclass(frozen=True)
-class FrameBudget:
-    dominant: int
-    contextual: int
+
+class FrameBudget(Budget):
+    """K tokens per frame as D dominant + C contextual (vidmini.reduce.visionzip.Budget)."""
 
     @classmethod
-    def split(cls, k: int, dominant_share: float = 54 / 64) -> FrameBudget:
-        """K tokens -> D + C at the paper's ratio (54:10 at K = 64); at least one dominant token."""
-        if k < 1:
-            raise ValueError(f"tokens per frame must be >= 1 (got {k})")
-        d = min(k, max(1, round(k * dominant_share)))
-        return cls(d, k - d)
+    def split(cls, k: int) -> FrameBudget:
+        """K tokens -> D + C at the paper's ratio (54:10 at K = 64; vidmini.reduce.visionzip.split_budget)."""
+        return cls(*split_budget(k))
 
 
 def _grid(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -69,8 +68,13 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-class VideoBackend:
+class VideoBackend(FrameModel):
     """Per-frame LLM-ready tokens [T, K, H] from one of the two families, and the model's prompt around them."""
+
+    # Read from the checkpoint's preprocessor config by `load` (absent for a model built in memory).
+    geometry: FrameGeometry | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
 
     def __init__(self, model, tokens_per_frame: int | None = None, budget: FrameBudget | None = None,
                  tokenizer=None, preprocessor: dict | None = None):
@@ -93,6 +97,9 @@ class VideoBackend:
     def tokens_per_frame(self) -> int:
         return self.native_tokens_per_frame if self.budget is None else self.budget.dominant + self.budget.contextual
 
+    tokens_per_unit = tokens_per_frame  # a unit is one frame here
+    native_tokens_per_unit = property(lambda self: self.native_tokens_per_frame)
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -102,12 +109,8 @@ class VideoBackend:
         return self.model.get_input_embeddings().weight.dtype
 
     @property
-    def frame_shape(self) -> capacity.FrameShape:
-        """What a frame costs (vidmini.capacity): K tokens of the LLM; the vision tower over all its patches."""
-        vc = self.model.config.vision_config
-        patches = (vc.image_size // vc.patch_size) ** 2 + (self.family == "llava_next_video")  # + CLIP's CLS
-        vision = {"hidden_size": vc.hidden_size, "intermediate_size": vc.intermediate_size}
-        return capacity.FrameShape(self.model.config.get_text_config(), self.tokens_per_frame, vision, patches)
+    def shape(self) -> capacity.FrameShape:
+        return frame_shape(self.model.config, self.tokens_per_frame)
 
     def weight_parts(self) -> dict:
         """Modules whose weights --profile-memory reports apart from the LLM's."""
@@ -122,6 +125,27 @@ class VideoBackend:
     def get_decoder(self):
         """The LLM's decoder (its layers and rotary embedding), where --evidence re-scores attention."""
         return self.model.get_decoder()
+
+    # ---- the engine's side (vidmini.families.interface) -------------------------------------------------------
+    def prompt_ids(self, question, *processor_form):
+        """The prompt with one placeholder per token after the frames (their count is what the prompt costs).
+        Called as prompt_ids(processor, question), as before the interface, it returns prompt_ids_with's split."""
+        if processor_form:
+            return self.prompt_ids_with(question, *processor_form)
+        prefix, suffix = self.prompt(question)
+        return prefix + [self.model.config.video_token_id] * len(self.video_end()) + suffix
+
+    def encode(self, pixel_values: torch.Tensor, frame_pass) -> UnitTokens:
+        return UnitTokens(self.encode_frames(pixel_values))  # [b, K, H]
+
+    def pieces(self, frame_pass, key, frames: int, index: int):
+        """The model's own prompt, embedded. The video's end tokens (after_frames) are the same for every
+        question, so the engine prefills them once with the frames."""
+        prefix, suffix = self.prompt(frame_pass.questions[index])
+        return self.embed(prefix), self.embed(suffix)
+
+    def after_frames(self) -> torch.Tensor:
+        return self.video_end()
 
     def eos_ids(self) -> set[int]:
         eos = getattr(self.model.generation_config, "eos_token_id", None)
@@ -184,19 +208,11 @@ class VideoBackend:
     # ---- the LLM side ----------------------------------------------------------------------------------------
     def prompt(self, question: str) -> tuple[list[int], list[int]]:
         """(prefix ids, suffix ids) around the frames, in the checkpoint's own chat format."""
-        return self.prompt_ids(self.tokenizer, question)
+        return self.prompt_ids_with(self.tokenizer, question)
 
-    def prompt_ids(self, processor, question: str) -> tuple[list[int], list[int]]:
+    def prompt_ids_with(self, processor, question: str) -> tuple[list[int], list[int]]:
         """The model's own chat format for one video + question, split around the (single) video placeholder."""
-        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        tokenizer = getattr(processor, "tokenizer", processor)
-        ids = tokenizer(text).input_ids
-        video = self.model.config.video_token_id
-        if ids.count(video) != 1:
-            raise ValueError(f"the chat template gave {ids.count(video)} video placeholders, expected 1")
-        at = ids.index(video)
-        return ids[:at], ids[at + 1 :]
+        return split_prompt(processor, self.model.config.video_token_id, question)
 
     def embed(self, ids: list[int]) -> torch.Tensor:
         emb = self.model.get_input_embeddings()
@@ -205,6 +221,28 @@ class VideoBackend:
     def language_forward(self, **kwargs):
         """The LLM alone (inputs_embeds, position_ids, cache, logits_to_keep): no pixels, so no placeholder check."""
         return self.model(**kwargs)
+
+
+def split_prompt(processor, video_token_id: int, question: str) -> tuple[list[int], list[int]]:
+    """(prefix ids, suffix ids): a chat template's one-video conversation, the video before the question, split
+    around its single video placeholder."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids = tokenizer(text).input_ids
+    if ids.count(video_token_id) != 1:
+        raise ValueError(f"the chat template gave {ids.count(video_token_id)} video placeholders, expected 1")
+    at = ids.index(video_token_id)
+    return ids[:at], ids[at + 1 :]
+
+
+def frame_shape(config, tokens: int) -> capacity.FrameShape:
+    """What a frame costs (vidmini.capacity), from the config alone: K tokens of the LLM; the vision tower over
+    all its patches."""
+    vc = config.vision_config
+    patches = (vc.image_size // vc.patch_size) ** 2 + (config.model_type == "llava_next_video")  # + CLIP's CLS
+    vision = {"hidden_size": vc.hidden_size, "intermediate_size": vc.intermediate_size}
+    return capacity.FrameShape(config.get_text_config(), tokens, vision, patches)
 
 
 def frame_geometry(config: dict) -> tuple[FrameGeometry, list[float], list[float]]:
@@ -266,12 +304,10 @@ def model_class(family: str):
             "llava_onevision": LlavaOnevisionForConditionalGeneration}[family]
 
 
-def load(path: str, family: str, name: str, device: str, dtype, tokens_per_frame: int | None = None):
-    """(VideoBackend, tokenizer) from a local checkpoint folder, with the model's own transformers class, its
-    tokenizer and chat template, and its preprocessor's geometry. Errors are one line (ModelLoadError, exit 4)."""
+def load_tokenizer(path: str, name: str):
+    """The checkpoint's tokenizer with the processor's chat template (the model's prompt format)."""
     from transformers import AutoTokenizer
 
-    preprocessor = read_preprocessor(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -280,6 +316,14 @@ def load(path: str, family: str, name: str, device: str, dtype, tokens_per_frame
     if not template:
         raise ModelLoadError(f"model {name} has no chat template (chat_template.jinja or chat_template.json)")
     tokenizer.chat_template = template
+    return tokenizer
+
+
+def load(path: str, family: str, name: str, device: str, dtype, tokens_per_frame: int | None = None):
+    """(VideoBackend, tokenizer) from a local checkpoint folder, with the model's own transformers class, its
+    tokenizer and chat template, and its preprocessor's geometry. Errors are one line (ModelLoadError, exit 4)."""
+    preprocessor = read_preprocessor(path)
+    tokenizer = load_tokenizer(path, name)
     try:
         model = model_class(family).from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, KeyError) as err:
@@ -300,3 +344,53 @@ def check_tokens_per_frame(config, family: str, name: str, tokens_per_frame: int
     if tokens_per_frame is not None and tokens_per_frame > native:
         raise UsageError(f"--tokens-per-frame {tokens_per_frame}: {name} has {native} tokens per frame; give at "
                          "most that many")
+
+
+class HFVideo(Family):
+    """LLaVA-NeXT-Video and LLaVA-OneVision, with transformers' own classes."""
+
+    model_types = FAMILIES
+    name = " / ".join(NAMES[t] for t in FAMILIES)
+
+    def frame_shape(self, folder, options, prefusion_tokens=None) -> capacity.FrameShape:
+        config = _config(folder)
+        check_tokens_per_frame(config, config.model_type, options.model, options.tokens_per_frame)
+        if prefusion_tokens is not None:
+            raise _prefusion_refused(options.model, config.model_type)
+        return frame_shape(config, options.tokens_per_frame or native_tokens_per_frame(config, config.model_type))
+
+    def load(self, folder, options, device, dtype):
+        family = _config(folder).model_type
+        for flag, value in (("--quantize", options.quantize != "none"), ("--vision-fp32", options.vision_fp32)):
+            if value:
+                raise UsageError(f"{flag} is for LLaVA-Mini checkpoints; {options.model} is {family}")
+        return load(folder, family, options.model, device, dtype, options.tokens_per_frame)
+
+    def adapt(self, model, tokenizer, prefusion_tokens=None) -> FrameModel:
+        if prefusion_tokens is not None:
+            raise _prefusion_refused("this model", model.config.model_type)
+        return model if isinstance(model, VideoBackend) else VideoBackend(model, tokenizer=tokenizer)
+
+    def meta_model(self, folder) -> FrameModel:
+        config = _config(folder)
+        with torch.device("meta"):
+            return VideoBackend(model_class(config.model_type)._from_config(config))
+
+    def prompt_length(self, folder, questions) -> int:
+        config = _config(folder)
+        tokenizer = load_tokenizer(folder, folder)
+        split = [split_prompt(tokenizer, config.video_token_id, q) for q in questions or [""]]
+        return max(len(p) + len(s) for p, s in split) + END_TOKENS[config.model_type]
+
+
+def _config(folder: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
+def _prefusion_refused(name: str, family: str) -> UsageError:
+    return UsageError(f"--prefusion-tokens is for LLaVA-Mini; {name} is {family} (use --tokens-per-frame)")
+
+
+FAMILY = HFVideo()

@@ -74,6 +74,12 @@ class FramePass:
     prompts: list[list[int]]  # each question's `prompt_ids`
     ranges: list[tuple[int, int | None]]  # distinct (first frame, end frame or None) of the queries
     extra: dict[str, Any] = field(default_factory=dict)  # free for a family's own bookkeeping
+    buffer: Any = None  # the engine's token buffer (vidmini.engine.TokenBuffer), set once `begin` returns
+
+    @property
+    def frames(self) -> int:
+        """Frames delivered into the buffer so far."""
+        return self.buffer.frame_count
 
 
 class Positions(ABC):
@@ -235,9 +241,10 @@ class Family(ABC):
         not suit the family (--tokens-per-frame above native, --prefusion-tokens elsewhere than LLaVA-Mini)."""
 
     @abstractmethod
-    def load(self, folder: str, options: LoadOptions, device: str, dtype) -> tuple[FrameModel, Any]:
-        """(FrameModel, tokenizer) from a local checkpoint folder, on `device`; ModelLoadError (exit 4) in one line
-        when it cannot."""
+    def load(self, folder: str, options: LoadOptions, device: str, dtype) -> tuple[Any, Any]:
+        """(model, tokenizer) from a local checkpoint folder, on `device`: a FrameModel, or the family's own model
+        class when callers use it as such (LLaVA-Mini's), which `adapt` then wraps. ModelLoadError (exit 4) in one
+        line when it cannot."""
 
     @abstractmethod
     def adapt(self, model, tokenizer, prefusion_tokens: int | None = None) -> FrameModel:

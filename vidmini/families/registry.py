@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 FAMILIES: dict[str, str] = {
     "llava_mini_llama": "vidmini.families.llava_mini.family:FAMILY",
-    "llava_next_video": "vidmini.families.hf_video.family:FAMILY",
-    "llava_onevision": "vidmini.families.hf_video.family:FAMILY",
+    "llava_next_video": "vidmini.backends.hf_video:FAMILY",
+    "llava_onevision": "vidmini.backends.hf_video:FAMILY",
     "qwen2_5_vl": "vidmini.families.qwen2_5_vl.family:FAMILY",
 }
 
@@ -51,11 +51,8 @@ def family(model_type: str) -> Family:
 
 
 def adapt(model, tokenizer, prefusion_tokens: int | None = None) -> FrameModel:
-    """A FrameModel for `model`: itself when it is one, else its family's adapter around it."""
-    from vidmini.families.interface import FrameModel
-
-    if isinstance(model, FrameModel):
-        return model
+    """A FrameModel for `model` (a loaded model, or a FrameModel already), by its config's model_type: the family
+    checks the options that concern it (--prefusion-tokens) and wraps the model when it is not one yet."""
     return family(model.config.model_type).adapt(model, tokenizer, prefusion_tokens)
 
 

@@ -15,9 +15,11 @@ from vidmini.errors import ModelLoadError
 HUB_KWARGS = ("cache_dir", "local_files_only", "revision", "token", "force_download")
 TOWER_PREFIX = "model.vision_tower.vision_tower."
 # Regexes transformers matches against missing keys: the tower when it comes from `mm_vision_tower`, the LLM when
-# the config names an `llm_source` (the demo model's LLM comes from a package, vidmini.demo.checkpoint).
+# the config names an `llm_source` (a checkpoint that ships its own parts only; its source, e.g. the demo's,
+# puts the LLM's weights beside them in LLM_WEIGHTS_FILE).
 TOWER_KEYS_PATTERN = r"^model\.vision_tower\.vision_tower\."
 LLM_KEYS_PATTERN = r"^(model\.embed_tokens|model\.layers|model\.norm|lm_head)\."
+LLM_WEIGHTS_FILE = "llm.safetensors"
 
 
 def tower_location(tower: str, checkpoint: str) -> str:
@@ -93,14 +95,32 @@ def expected_missing(name_or_path, config) -> list[str]:
     return patterns + ([LLM_KEYS_PATTERN] if getattr(config, "llm_source", None) else [])
 
 
+def fill_llm_weights(model, file: Path, missing: list[str]) -> list[str]:
+    """Load the LLM's weights from `file` (safetensors, the LLM's own key names) into `model`; the keys of
+    `missing` still missing after that."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(file))
+    own = model.state_dict()
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise ModelLoadError(f"the LLM weights in {file} do not match the model's config (e.g. {unexpected[0]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    model.tie_weights()
+    filled = set(state) | ({"lm_head.weight"} if model.config.tie_word_embeddings else set())
+    return [k for k in missing if k not in filled]
+
+
 def finish_loading(model, name_or_path, info: dict, tower_expected_missing: bool) -> None:
     """Fill the LLM from its `llm_source` and the vision tower from `mm_vision_tower` when the checkpoint has none;
     refuse any other gap."""
     missing = [k for k in info.get("missing_keys", []) if "rotary_emb" not in k]
     if getattr(model.config, "llm_source", None):
-        from vidmini.demo.checkpoint import fill_llm_weights
-
-        missing = fill_llm_weights(model, missing)
+        file = Path(str(name_or_path)) / LLM_WEIGHTS_FILE
+        if not file.is_file():
+            raise ModelLoadError(f"checkpoint {name_or_path} names an llm_source but has no {LLM_WEIGHTS_FILE}: "
+                                 "load it through vidmini's --model (which assembles it), not from_pretrained")
+        missing = fill_llm_weights(model, file, missing)
     tower_missing = [k for k in missing if k.startswith(TOWER_PREFIX)]
     others = [k for k in missing if not k.startswith(TOWER_PREFIX)]
     if others:

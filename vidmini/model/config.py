@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from transformers import LlamaConfig
 
-from vidmini.checkpoint_files import LLAVA_MINI as MODEL_TYPE  # one spelling, importable without torch
+from vidmini import capacity
+
+MODEL_TYPE = "llava_mini_llama"  # the released checkpoint's model_type (docs/llava-mini.md §4.1; the registry's key)
 
 # CLIP ViT-L/14-336, the tower the released checkpoint names in `mm_vision_tower`. Known here so that the
 # released checkpoint loads with nothing but its own files (its weights hold the tower under
@@ -71,4 +73,13 @@ class LlavaMiniConfig(LlamaConfig):
 
     @property
     def tokens_per_frame(self) -> int:
-        return self.compressor_size**2
+        return capacity.tokens_per_frame(self)
+
+
+def vision_prefix_len(config) -> int:
+    """Tokens before the prompt in the pre-fusion sequence: CLIP patches (all parts in HD mode) + compressed tokens."""
+    vision = config.vision_config
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    ratio = config.resolution_ratio
+    parts = ratio * ratio + 1 if ratio > 1 else 1
+    return patches * parts + capacity.tokens_per_frame(config)

@@ -10,9 +10,32 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from vidmini.families.interface import LinearPositions, Positions
 from vidmini.model.kv_cache import RewindableCache
 
 DEFAULT_CHUNK = 2048
+
+
+class Positioned:
+    """A frame model whose LLM reads a sequence's own positions (vidmini.families.interface.Positions, e.g. M-RoPE's
+    (time, row, column)): the functions below give each step's cache indices as position_ids, and this turns them
+    into the family's. Everything else is the model's."""
+
+    def __init__(self, model, positions: Positions):
+        self.model, self.positions = model, positions
+
+    def language_forward(self, *, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, **kwargs):
+        start = int(position_ids[0, 0])  # the step's first cache index (a sync, as the cache's length check is)
+        ids = self.positions.ids(start, inputs_embeds.shape[1], inputs_embeds.device)
+        return self.model.language_forward(inputs_embeds=inputs_embeds, position_ids=ids, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+def positioned(model, positions: Positions):
+    """`model` as prefill and decode should call it for a sequence at `positions` (itself for 1-D positions)."""
+    return model if isinstance(positions, LinearPositions) else Positioned(model, positions)
 
 
 def new_cache(model, max_len: int) -> RewindableCache:

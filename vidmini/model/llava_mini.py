@@ -24,7 +24,7 @@ from vidmini.model.checkpoint import TOWER_KEYS_PATTERN, expected_missing, finis
 from vidmini.model.compressor import Compressor
 from vidmini.model.conv_vision import MODEL_TYPE as CONV_MODEL_TYPE
 from vidmini.model.conv_vision import ConvVisionTower
-from vidmini.model.config import LlavaMiniConfig
+from vidmini.model.config import LlavaMiniConfig, vision_prefix_len
 from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout, additive_mask, run_prefusion
 from vidmini.model.projector import build_projector
 from vidmini.model.vision import VisionTower
@@ -93,7 +93,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
     # ---- properties used by the engine -------------------------------------------------------------------
     @property
     def tokens_per_frame(self) -> int:
-        return self.config.compressor_size**2
+        return capacity.tokens_per_frame(self.config)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -102,7 +102,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
     @property
     def vision_prefix_len(self) -> int:
         """Tokens before the prompt in the pre-fusion sequence: vision tokens + compressed tokens."""
-        return capacity.vision_prefix_len(self.config)
+        return vision_prefix_len(self.config)
 
     # ---- vision -------------------------------------------------------------------------------------------
     def encode_frames(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,19 +1,15 @@
-"""Loading a checkpoint from a Hub id or a folder, as it is: LLaVA-Mini (docs/llava-mini.md §4), or one of the
-video VLMs transformers ships (vidmini.backends.hf_video), chosen by the config's `model_type`."""
+"""Loading a checkpoint from a Hub id, a folder or a registered source (the demo), as it is; the family that
+loads it is the one vidmini.families.registry names for the config's `model_type` (docs/families.md). Loading
+sits above the families: it knows none of them."""
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from vidmini.backends import FAMILIES
-from vidmini.checkpoint_files import check_checkpoint, model_type, read_config
-from vidmini.errors import ModelLoadError, UsageError
-
-DEFAULT_MODEL = "ICTNLP/llava-mini-llama-3.1-8b"
+from vidmini.checkpoint_files import DEFAULT_MODEL, check_checkpoint, model_type
+from vidmini.errors import ModelLoadError
+from vidmini.families import registry
 
 
 @dataclass
@@ -54,17 +50,12 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
     Hub snapshot (downloaded when allowed). weights=False fetches the configs and tokenizer only (for plans that
     load nothing)."""
     check_checkpoint(model_id)
-    if model_id == "demo":
-        from vidmini.demo.checkpoint import resolve_demo
-
-        return resolve_demo()
+    source = registry.source_for(model_id)
+    if source is not None:
+        return source.resolve(model_id)
     if os.path.isdir(model_id):
         if not os.path.isfile(os.path.join(model_id, "config.json")):
             raise ModelLoadError(f"model folder {model_id} has no config.json; is it a model checkpoint?")
-        if "llm_source" in read_config(model_id) and not glob.glob(os.path.join(model_id, "tokenizer*")):
-            from vidmini.demo.checkpoint import resolve_demo  # a demo-layout folder (train/ exports one)
-
-            return resolve_demo(Path(model_id))
         return model_id
     if os.path.sep in model_id.strip("/").replace("/", "", 1) or model_id.startswith((".", "/")):
         raise ModelLoadError(f"model path {model_id} does not exist")
@@ -90,35 +81,12 @@ def locate_checkpoint(model_id: str, weights: bool = True) -> str:
         )
 
 
-def quantization_config(quantize: str, dtype):
-    if quantize == "none":
-        return None
-    import importlib.util
-
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if not torch.cuda.is_available():
-        raise ModelLoadError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); none is available")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(f"--quantize {quantize} needs bitsandbytes: pip install 'vidmini[quantize]'")
-    # Vision parts and the compressor stay in full precision, as the reference's --load-8bit does.
-    keep = ["vision_tower", "compressor", "mm_projector", "lm_head"]
-    if quantize == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
-    if quantize == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                                  llm_int8_skip_modules=keep)
-    raise ModelLoadError(f"unknown --quantize {quantize!r}; use none, 8bit or 4bit")
-
-
 def config_folder(model_id: str) -> str:
-    """A folder holding the checkpoint's config.json, fetched without weights; the demo's own, so that checking
-    an option does not prepare the demo's LLM."""
-    if model_id == "demo":
-        from vidmini.demo.checkpoint import WEIGHTS_DIR
-
-        return str(WEIGHTS_DIR)
+    """A folder holding the checkpoint's config.json, fetched without weights; a source's own (the demo's), so that
+    checking an option does not prepare the demo's LLM."""
+    source = registry.source_for(model_id)
+    if source is not None:
+        return source.config_folder(model_id)
     return model_id if os.path.isdir(model_id) else locate_checkpoint(model_id, weights=False)
 
 
@@ -131,35 +99,15 @@ def check_before_load(options: LoadOptions, max_new_tokens: int, prefusion_token
     folder = config_folder(options.model)
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
-    family = model_type(folder)
-    if family in FAMILIES:
-        from transformers import AutoConfig
-
-        from vidmini.backends.hf_video import check_tokens_per_frame, native_tokens_per_frame
-
-        config = AutoConfig.from_pretrained(folder)
-        check_tokens_per_frame(config, family, options.model, options.tokens_per_frame)
-        if prefusion_tokens is not None:
-            raise UsageError(f"--prefusion-tokens is for LLaVA-Mini; {options.model} is {family} "
-                             "(use --tokens-per-frame)")
-        tokens = options.tokens_per_frame or native_tokens_per_frame(config, family)
-        shape = capacity.FrameShape(config.text_config, tokens, {}, 0)
-    else:
-        from vidmini.model.config import LlavaMiniConfig
-
-        shape = LlavaMiniConfig.from_pretrained(folder)
+    shape = registry.family(model_type(folder)).frame_shape(folder, options, prefusion_tokens)
     free = capacity.free_bytes(device) - capacity.RESERVE_BYTES
     capacity.check_answer_room(shape, dtype, free, capacity.PROMPT_TOKENS_GUESS, max_new_tokens)
 
 
 def load_model(options: LoadOptions):
-    """(model, tokenizer) ready for inference on the chosen device: a LlavaMiniForCausalLM, or a
-    vidmini.backends.hf_video.VideoBackend for the other video VLMs."""
-    import torch
-    from transformers import AutoTokenizer
+    """(model, tokenizer) ready for inference on the chosen device, loaded by the checkpoint's family: a
+    FrameModel, or the family's own model class (vidmini.families.interface.Family.load)."""
     from transformers.utils import logging as hf_logging
-
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; our own progress is on stderr
     hf_logging.set_verbosity_error()
@@ -167,35 +115,4 @@ def load_model(options: LoadOptions):
     path = locate_checkpoint(options.model)
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
-    family = model_type(path)
-    if family in FAMILIES:
-        return _load_video_vlm(options, path, family, device, dtype)
-    if options.tokens_per_frame is not None:
-        raise UsageError("--tokens-per-frame is for the other video VLMs (llava_next_video, llava_onevision); "
-                         "LLaVA-Mini keeps one token per frame (see --prefusion-tokens)")
-    quant = quantization_config(options.quantize, dtype)
-    try:
-        extra = {"quantization_config": quant, "device_map": {"": device}} if quant else {}
-        model = LlavaMiniForCausalLM.from_pretrained(path, dtype=dtype, **extra)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"model {options.model} could not be loaded: {str(err).splitlines()[0]}")
-    if not quant:
-        model.to(device)
-    if options.vision_fp32:
-        model.model.vision_tower.to(torch.float32)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        raise ModelLoadError(f"model {options.model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    return model, tokenizer
-
-
-def _load_video_vlm(options: LoadOptions, path: str, family: str, device: str, dtype):
-    from vidmini.backends.hf_video import load
-
-    for flag, value in (("--quantize", options.quantize != "none"), ("--vision-fp32", options.vision_fp32)):
-        if value:
-            raise UsageError(f"{flag} is for LLaVA-Mini checkpoints; {options.model} is {family}")
-    return load(path, family, options.model, device, dtype, options.tokens_per_frame)
+    return registry.family(model_type(path)).load(path, options, device, dtype)
