@@ -230,3 +230,86 @@ def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, settings):
         assert index.unique().numel() == dominant  # distinct places, raster order
         assert torch.equal(index, index.sort().values)
         assert torch.allclose(out.tokens[u, :dominant], native.tokens[u, index], atol=1e-6)
+
+
+# ---- through vidmini's engine and CLI ----------------------------------------------------------------------------
+SAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "sample_videos", "scenes.mp4")
+
+
+def sample_frames(frames_model, count: int):
+    """`count` frames of the sample video at 1 fps, decoded at the model's geometry, and their times."""
+    from vidmini.video import StreamOptions, decode_all, make_plan, probe
+
+    info = probe(SAMPLE)
+    frames, times = decode_all(info, make_plan(info, max_frames=count), StreamOptions(geometry=frames_model.geometry))
+    return frames, times  # [T, S, S, 3] uint8, [T] seconds
+
+
+@pytest.mark.parametrize("count", [7, 8])
+def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_checkpoint, settings, count,
+                                                                   greedy_leads):
+    """The whole engine: units held back and completed across batches of 3 frames, the buffer, the chunked prefill
+    at the family's positions, the decode. Odd and even frame counts."""
+    import numpy as np
+
+    from vidmini.engine import Engine, EngineOptions, Query
+    from vidmini.model.generate import new_cache, positioned, prefill
+    from vidmini.video import FrameBatch
+
+    model, tokenizer = qwen
+    frames_model = FAMILY.adapt(model, tokenizer, settings=settings)
+    frames, _ = sample_frames(frames_model, count)
+    fps = 1.0
+    inputs = own_inputs(model, tokenizer, torch.from_numpy(frames), settings, fps)
+    with torch.no_grad():
+        want_logits = model(**inputs).logits[0, -1]
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    want_tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
+
+    engine = Engine(frames_model, tokenizer, EngineOptions(batch_size=3, max_new_tokens=6, chunk=5))
+    batch = FrameBatch(frames, np.arange(count) / fps + 0.5, np.arange(count))
+    encoded = engine.encode([batch], count, [Query(QUESTION)])
+    prefix, suffix = engine.frames.pieces(encoded, (0, None), count, 0)
+    positions = frames_model.positions(len(prefix), encoded.buffer.span(), 0)
+    cache = new_cache(frames_model, 1024)
+    logits = prefill(positioned(frames_model, positions), [prefix, encoded.buffer.frames(), suffix], cache, chunk=5)
+    assert (logits - want_logits).abs().max() < 1e-4
+    frames_model.eos_ids = lambda: set()  # all 6 steps, as generate(eos_token_id=None)
+    assert engine.answer(encoded, [Query(QUESTION)])[0] == want_tokens
+    assert min(greedy_leads) > 1e-4  # no pick that float noise could flip
+
+
+def test_ask_answers_with_and_without_visionzip(qwen_checkpoint, cli):
+    for k, per_unit in ((None, 16), (5, 10), (1, 2)):
+        extra = [] if k is None else ["--tokens-per-frame", k]
+        out = cli("ask", SAMPLE, "What colours?", "Where?", "--model", qwen_checkpoint, "--max-frames", 5,
+                  "--max-new-tokens", 3, "--json", "-q", *extra)
+        assert out.code == 0, out.stderr
+        result = out.json
+        assert result["frames_used"] == 5 and result["tokens_per_frame"] == per_unit / 2
+        assert [a["question"] for a in result["answers"]] == ["What colours?", "Where?"]
+        assert all(isinstance(a["answer"], str) for a in result["answers"])
+
+
+def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
+    plan = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--dry-run", "--json")
+    assert plan.code == 0, plan.stderr
+    assert plan.json["frames"] == 6 and plan.json["weights_bytes"] > 0
+    out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--max-new-tokens", 2, "--json",
+              "-q", "--profile-memory", "--tokens-per-frame", 3)
+    assert out.code == 0, out.stderr
+    memory = out.json["memory"]
+    assert {"vision_tower", "patch_embed", "merger", "llm"} <= set(memory["weights"])
+    hidden = 64 * 4  # tiny text hidden size, float32
+    assert memory["token_buffer"]["bytes_per_frame"] == 3 * hidden
+
+
+def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint, cli, tmp_path):
+    """Without its weights the checkpoint would fail to load (exit 4): these exit 2 from the config alone."""
+    import shutil
+
+    folder = shutil.copytree(qwen_checkpoint, tmp_path / "config-only", ignore=shutil.ignore_patterns("*.safetensors"))
+    too_many = cli("ask", SAMPLE, "What?", "--model", folder, "--tokens-per-frame", "9")
+    assert too_many.code == 2 and "has 8 tokens per frame" in too_many.stderr
+    other = cli("ask", SAMPLE, "What?", "--model", folder, "--prefusion-tokens", "8")
+    assert other.code == 2 and "--prefusion-tokens is for LLaVA-Mini" in other.stderr
