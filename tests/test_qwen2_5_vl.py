@@ -313,3 +313,9 @@ def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint,
     assert too_many.code == 2 and "has 8 tokens per frame" in too_many.stderr
     other = cli("ask", SAMPLE, "What?", "--model", folder, "--prefusion-tokens", "8")
     assert other.code == 2 and "--prefusion-tokens is for LLaVA-Mini" in other.stderr
+
+
+def test_evidence_is_refused_in_one_line(qwen_checkpoint, cli):
+    out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 2, "--max-new-tokens", 1,
+              "--evidence", "-q")
+    assert out.code == 2 and "M-RoPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
