@@ -319,3 +319,32 @@ def test_evidence_is_refused_in_one_line(qwen_checkpoint, cli):
     out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 2, "--max-new-tokens", 1,
               "--evidence", "-q")
     assert out.code == 2 and "M-RoPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_frame_side_from_the_checkpoints_processor_files(tmp_path):
+    from vidmini.families.qwen2_5_vl.family import frame_side, read_settings
+
+    # The Hub's layout: only the image processor's config, with a still image's budget -> the video budget.
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}))
+    assert frame_side(read_settings(str(tmp_path))) == 756  # 776 px would round to 784 > the budget: 27 * 28
+    # transformers 5's processor.save_pretrained: one processor_config.json, the video processor nested.
+    (tmp_path / "processor_config.json").write_text(json.dumps(
+        {"video_processor": {"size": {"shortest_edge": 3136, "longest_edge": 200 * 200}}}))
+    assert frame_side(read_settings(str(tmp_path))) == 196
+
+
+def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
+    """The files as the Hub's Qwen2.5-VL checkpoints have them (chat_template.json, the image processor's config
+    only): the same frames, prompt and answers as the folder transformers 5 writes."""
+    import shutil
+
+    hub = shutil.copytree(qwen_checkpoint, tmp_path / "hub")
+    template = (hub / "chat_template.jinja").read_text()
+    (hub / "chat_template.jinja").unlink()
+    (hub / "video_preprocessor_config.json").unlink()
+    (hub / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    args = [SAMPLE, "What colours?", "--max-frames", 4, "--max-new-tokens", 4, "--json", "-q"]
+    ours, theirs = cli("ask", "--model", qwen_checkpoint, *args), cli("ask", "--model", hub, *args)
+    assert ours.code == theirs.code == 0, theirs.stderr
+    assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 8

@@ -3,15 +3,19 @@
 A unit is temporal_patch_size (2) consecutive frames: the engine hands `encode` whole units (completing the last
 by repeating the video's last frame, as the processor pads), and each unit leaves its merged tokens, or the K per
 frame (2K per unit) that VisionZip keeps, in the buffer with their (row, col). Frames are squares of the largest
-side the checkpoint's max_pixels allows (the buffer's geometry is square); the processor would keep the video's
-aspect ratio, so the pixels differ from its by that resize only (the steps after it are the processor's own,
-vidmini.families.qwen2_5_vl.preprocess). The prompt is the checkpoint's chat template with the video before the
+side the per-frame pixel budget allows (`frame_side`; the buffer's geometry is square). The processor would keep
+the video's aspect ratio, so vidmini's pixels differ from its by that resize only: given vidmini's frames, the
+processor leaves their size as it is and its other steps are the ones vidmini.families.qwen2_5_vl.preprocess
+writes (the engine normalises as (v/255 - mean)/std, the processor as (v - 255 mean)/(255 std): the same to
+within a float32 rounding). The prompt is the checkpoint's chat template with the video before the
 question; M-RoPE positions come from vidmini.families.qwen2_5_vl.positions.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import torch
 
@@ -27,10 +31,18 @@ from vidmini.video.frames import FrameGeometry
 MODEL_TYPE = "qwen2_5_vl"
 
 
+# Pixels per video frame at most: the video processor's own default (longest_edge) and qwen-vl-utils'
+# VIDEO_MAX_PIXELS. The Hub checkpoints ship only the image processor's config, whose max_pixels (12845056) is a
+# still image's budget; the processor would reach it only for a video that large, where vidmini's square frame
+# would reach it for every video.
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
 def frame_side(settings: VideoSettings) -> int:
-    """The square frame's side: what the processor makes of the largest square within max_pixels."""
-    side = math.isqrt(settings.max_pixels)
-    return smart_resize(side, side, settings.factor, settings.min_pixels, settings.max_pixels)[0]
+    """The square frame's side: what the processor makes of the largest square within the per-frame budget."""
+    budget = min(settings.max_pixels, VIDEO_MAX_PIXELS)
+    side = math.isqrt(budget)
+    return smart_resize(side, side, settings.factor, settings.min_pixels, budget)[0]
 
 
 def native_tokens_per_unit(settings: VideoSettings) -> int:
@@ -186,6 +198,14 @@ def unit_shape(config, settings: VideoSettings, tokens: int) -> capacity.FrameSh
 
 
 def read_settings(folder: str) -> VideoSettings:
+    """The video processor's settings where transformers 5 looks first (processor_config.json's nested
+    "video_processor"), else the video or image preprocessor config."""
+    nested = os.path.join(folder, "processor_config.json")
+    if os.path.isfile(nested):
+        with open(nested) as f:
+            video = json.load(f).get("video_processor")
+        if video:
+            return VideoSettings.from_config(video)
     return VideoSettings.from_config(read_preprocessor(folder))
 
 
