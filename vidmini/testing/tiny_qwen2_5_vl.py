@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+from pathlib import Path
 
 # Qwen2's special tokens, in the Hub tokenizer's order (after the ordinary vocabulary).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -109,22 +109,18 @@ def write_checkpoint(folder: str, seed: int = 0, min_pixels: int = MIN_PIXELS, m
     hf_logging.disable_progress_bar()  # "Writing model shards" for a small file is noise
     tok = build_tokenizer()
     build_model(tok, seed).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    image, video = processor_configs(min_pixels, max_pixels)
-    for name, content in [("preprocessor_config.json", image), ("video_preprocessor_config.json", video)]:
-        with open(os.path.join(folder, name), "w") as f:
-            json.dump(content, f, indent=2)
-    with open(os.path.join(folder, "chat_template.jinja"), "w") as f:
-        f.write(CHAT_TEMPLATE)
+    tok.save_pretrained(folder)  # with the template as chat_template.jinja
+    names = ("preprocessor_config.json", "video_preprocessor_config.json")
+    for name, content in zip(names, processor_configs(min_pixels, max_pixels)):
+        Path(folder, name).write_text(json.dumps(content, indent=2))
     return folder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(write_checkpoint(args.folder, args.seed))
+    parser.add_argument("folder", help="where to write the checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="of the random weights")
+    print(write_checkpoint(**vars(parser.parse_args())))
 
 
 if __name__ == "__main__":

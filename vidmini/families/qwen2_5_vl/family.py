@@ -124,7 +124,7 @@ class QwenFrames(FrameModel):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        return self.model.dtype  # one dtype throughout: --vision-fp32 is refused for this family
 
     # ---- the prompt ------------------------------------------------------------------------------------------
     def split(self, question: str) -> tuple[list[int], list[int]]:
@@ -174,10 +174,9 @@ class QwenFrames(FrameModel):
                          "positions; this model uses M-RoPE)")
 
     def eos_ids(self) -> set[int]:
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if eos is None:
-            eos = self.config.get_text_config().eos_token_id
-        return set([eos] if isinstance(eos, int) else (eos or []))
+        """The generation config's (Qwen's list <|im_end|> and <|endoftext|>), else the tokenizer's end of turn."""
+        eos = self.model.generation_config.eos_token_id
+        return set(torch.tensor(eos if eos is not None else self.tokenizer.eos_token_id).flatten().tolist())
 
     # ---- the memory report -----------------------------------------------------------------------------------
     def weight_parts(self) -> dict:
