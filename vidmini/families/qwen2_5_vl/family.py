@@ -85,7 +85,7 @@ class QwenFrames(FrameModel):
         self.settings = settings or VideoSettings()
         self.frames_per_unit = self.settings.temporal_patch_size
         vision = model.config.vision_config
-        if vision.temporal_patch_size != self.settings.temporal_patch_size or vision.patch_size != self.settings.patch_size:
+        if (vision.temporal_patch_size, vision.patch_size) != (self.frames_per_unit, self.settings.patch_size):
             raise ModelLoadError("the video preprocessor's patch sizes do not match the model's vision config")
         self.side = frame_side(self.settings)
         patches = self.side // self.settings.patch_size

@@ -82,7 +82,8 @@ class UnitEncoder:
 
     @torch.no_grad()
     def __call__(self, patches: torch.Tensor, units: int) -> UnitTokens:
-        """patches [units * rows * cols, C*tp*p*p] (preprocess.patchify) -> UnitTokens [units, K, H], grid [units, K, 2]."""
+        """patches [units * rows * cols, C*tp*p*p] (preprocess.patchify) -> UnitTokens: tokens [units, K, H] and
+        each token's (row, col) in the merged grid [units, K, 2]."""
         grid = grid_thw(units, self.rows, self.cols, patches.device)
         patches = patches.to(self.visual.dtype)
         cells = merged_grid(self.rows // self.merge, self.cols // self.merge, patches.device)  # [K0, 2]
