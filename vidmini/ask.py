@@ -8,6 +8,7 @@ import time
 
 from vidmini.engine import Engine, Query
 from vidmini.evidence import Evidence
+from vidmini.memory_report import MemoryOutputs
 from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS, check_length, cost_note
 from vidmini.sources import Sampling, Source, is_image, open_image, open_video, plan_video
 from vidmini.video import StreamOptions, VideoError
@@ -207,6 +208,26 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
         return result
     finally:
         recorder.close()
+
+
+def ask_job(load, video: str, questions: list[str], memory: MemoryOutputs, *, profile_memory: bool,
+            memory_interval: float, max_new_tokens: int, prefusion_tokens: int | None, **run) -> dict:
+    """`vidmini ask` once its options are checked: the config checks before the weights, the memory outputs'
+    lifecycle around the load and the work, then run_ask (`run`: its keyword options). Returns the --json object."""
+    from vidmini.memory import Recorder
+    from vidmini.model.loading import check_before_load, load_model, pick_device
+
+    check_before_load(load, max_new_tokens, prefusion_tokens)  # from the config, before the weights
+    device = pick_device(load.device)
+    memory.start(device)
+    profile_memory = profile_memory or memory.needs_profile
+    recorder = Recorder(memory=profile_memory, device=device, interval_s=memory_interval)
+    with recorder.stage("load"):
+        loaded, tokenizer = load_model(load)
+    result = run_ask(loaded, tokenizer, video, questions, model_name=load.model, max_new_tokens=max_new_tokens,
+                     prefusion_tokens=prefusion_tokens, profile_memory=profile_memory, recorder=recorder, **run)
+    memory.finish(recorder)
+    return result
 
 
 def _cache_info(source: Source) -> dict | None:

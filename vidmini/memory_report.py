@@ -111,6 +111,34 @@ def print_report(report: dict) -> None:
 
 
 # ---- plots and snapshots ----------------------------------------------------------------------------------------
+class MemoryOutputs:
+    """--memory-plot and --memory-snapshot over one job: checked before the model loads (writable, never replacing
+    a file that is not ours, matplotlib there), the snapshot's recording started before the load, both written
+    after the work. A plot implies --profile-memory (it draws the sampled figures)."""
+
+    def __init__(self, plot, snapshot):
+        from vidmini.outputs import check_memory_outputs
+
+        self.plot, self.snapshot = plot, snapshot
+        check_memory_outputs(plot, snapshot)
+        if plot is not None:
+            check_plot_available()
+
+    @property
+    def needs_profile(self) -> bool:
+        return self.plot is not None
+
+    def start(self, device: str) -> None:
+        if self.snapshot is not None:
+            start_snapshot(device)
+
+    def finish(self, recorder: Recorder) -> None:
+        if self.plot is not None:
+            write_plot(recorder, str(self.plot))
+        if self.snapshot is not None:
+            write_snapshot(str(self.snapshot))
+
+
 def check_plot_available(option: str = "--memory-plot") -> None:
     import importlib.util
 

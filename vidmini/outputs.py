@@ -27,6 +27,12 @@ _FIRST_LINE_LIMIT = 16 * 1024**2  # a record is a few KiB; a first line longer t
 RECORD_KEYS = ("path", "prompt_key", "error")  # every summarize record has these, failed ones included
 
 
+def new_record(path: str, prompt_key: str, error: str | None = None) -> dict:
+    """A summarize record's first keys (RECORD_KEYS), in the order a torn first line is recognised by; the
+    summary's fields, or the file's identity, follow."""
+    return dict(zip(RECORD_KEYS, (path, prompt_key, error)))
+
+
 def _fail(message: str) -> None:
     raise UsageError(message)
 

@@ -19,6 +19,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidmini.outputs import new_record
 from vidmini.report import Report
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".wmv",
@@ -210,7 +211,7 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
     from vidmini.video import StreamOptions, VideoError
 
     started = time.monotonic()
-    record = {"path": path, "prompt_key": options.prompt_key(), "error": None}
+    record = new_record(path, options.prompt_key())
     try:
         record.update(file_identity(path))
     except OSError as err:

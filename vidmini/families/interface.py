@@ -31,13 +31,27 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vidmini.checkpoint_files import DEFAULT_MODEL
+
 if TYPE_CHECKING:  # the interface is imported before torch is (vidmini --help stays instant)
     import torch
     from torch import nn
 
     from vidmini.capacity import FrameShape
-    from vidmini.model.loading import LoadOptions
     from vidmini.video.frames import FrameGeometry
+
+
+@dataclass
+class LoadOptions:
+    """What loading a checkpoint is asked for (the CLI's --model, --device, --dtype, ... ); a family refuses the
+    options that are not for it."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"
+    vision_fp32: bool = False
+    tokens_per_frame: int | None = None  # K tokens per unit by VisionZip (None = native); not for LLaVA-Mini
 
 
 # ---- what flows between the engine and a family ------------------------------------------------------------------

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import import_module
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from vidmini.families.interface import CheckpointSource, Family, FrameModel
+# Nothing of vidmini is imported here: every other module may read the registry (the families' interface too).
 
 FAMILIES: dict[str, str] = {
     "llava_mini_llama": "vidmini.families.llava_mini.family:FAMILY",
@@ -44,22 +42,22 @@ def _attribute(spec: str):
 
 
 @cache
-def family(model_type: str) -> Family:
-    """The registered family of a `model_type` (KeyError for one vidmini does not run: check_checkpoint refuses
+def family(model_type: str):
+    """The registered family (vidmini.families.interface.Family) of a `model_type` (KeyError for one vidmini does not run: check_checkpoint refuses
     those first, with a one-line message)."""
     return _attribute(FAMILIES[model_type])
 
 
-def adapt(model, tokenizer, prefusion_tokens: int | None = None) -> FrameModel:
+def adapt(model, tokenizer, prefusion_tokens: int | None = None):
     """A FrameModel for `model` (a loaded model, or a FrameModel already), by its config's model_type: the family
     checks the options that concern it (--prefusion-tokens) and wraps the model when it is not one yet."""
     return family(model.config.model_type).adapt(model, tokenizer, prefusion_tokens)
 
 
-def sources() -> list[CheckpointSource]:
+def sources() -> list:
     return [_attribute(spec) for spec in SOURCES]
 
 
-def source_for(model_id: str) -> CheckpointSource | None:
-    """The registered source that answers for `model_id` (e.g. "demo"), or None for a Hub id or plain folder."""
+def source_for(model_id: str):
+    """The registered CheckpointSource that answers for `model_id` (e.g. "demo"), or None for a Hub id or plain folder."""
     return next((s for s in sources() if s.claims(model_id)), None)

@@ -5,21 +5,12 @@ sits above the families: it knows none of them."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
-from vidmini.checkpoint_files import DEFAULT_MODEL, check_checkpoint, model_type
+from vidmini.checkpoint_files import check_checkpoint, model_type
 from vidmini.errors import ModelLoadError
 from vidmini.families import registry
+from vidmini.families.interface import LoadOptions
 
-
-@dataclass
-class LoadOptions:
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str = "auto"
-    quantize: str = "none"
-    vision_fp32: bool = False
-    tokens_per_frame: int | None = None  # other video VLMs: K tokens per frame by VisionZip (None = native)
+__all__ = ["LoadOptions", "check_before_load", "load_model", "locate_checkpoint", "pick_device", "pick_dtype"]
 
 
 def pick_device(device: str) -> str:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from vidmini.reduce.encoder import EncoderLayout, read_layer
+
 
 class ClipHolder(nn.Module):
     """Keeps the checkpoint's `vision_model.` level, which transformers 5's CLIPVisionModel no longer has."""
@@ -29,6 +31,8 @@ class VisionTower(nn.Module):
         layers = config.num_hidden_layers
         # hidden_states has layers+1 entries (the embeddings first): entry k is the output of k layers.
         self.layers_to_run = select_layer if select_layer >= 0 else layers + 1 + select_layer
+        if not 1 <= self.layers_to_run <= layers:
+            raise ValueError(f"mm_vision_select_layer {select_layer} selects no layer of a {layers}-layer tower")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -41,9 +45,8 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [B, 3, S, S] -> patch features [B, P, D]."""
-        vm = self.vision_tower.vision_model
-        x = vm.pre_layrnorm(vm.embeddings(pixel_values.to(self.dtype)))  # [B, 1+P, D]
-        # Only the layers up to the selected one run: hidden_states[-2] needs 23 of CLIP-L's 24 layers.
-        for layer in vm.encoder.layers[: self.layers_to_run]:
-            x = layer(x, None)
+        # Only the layers up to the selected one run (vidmini.reduce.encoder.read_layer, the one place that runs
+        # an encoder to a layer): hidden_states[-2] needs 23 of CLIP-L's 24 layers.
+        layout = EncoderLayout.of(self.vision_tower.vision_model)
+        x = read_layer(layout, pixel_values.to(self.dtype), self.layers_to_run - 1).outputs  # [B, 1+P, D]
         return x[:, 1:]  # [B, P, D], CLS dropped

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from vidmini.errors import ModelLoadError, UsageError, VidminiError, first_line
+from vidmini.outputs import new_record
 from vidmini.summarize import (Finished, FolderProgress, Started, SummarizeOptions, file_identity, run_job,
                                summarize_file)
 
@@ -126,9 +127,9 @@ def unreadable_record(path: str, host: str, options: SummarizeOptions) -> dict |
         with open(path, "rb"):
             return None
     except OSError as err:
-        return {"path": path, "prompt_key": options.prompt_key(),
-                "error": f"{path}: cannot be read by the Ray worker on host {host} ({err.strerror or err}); "
-                         "workers open files by the driver's path, so it must be on a filesystem every node shares"}
+        return new_record(path, options.prompt_key(),
+                          f"{path}: cannot be read by the Ray worker on host {host} ({err.strerror or err}); "
+                          "workers open files by the driver's path, so it must be on a filesystem every node shares")
 
 
 # ---- the driver -----------------------------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def _lost(pool: _Pool, slot: _Slot, path: str, reason: str, options: SummarizeOp
 def lost_record(path: str, options: SummarizeOptions, error: str) -> dict:
     """An error record like summarize_file's own: with the file's identity, so a rerun counts it as done (and
     --force redoes it) rather than sending a file that kills workers to the cluster again and again."""
-    record = {"path": path, "prompt_key": options.prompt_key(), "error": f"{path}: {error}"}
+    record = new_record(path, options.prompt_key(), f"{path}: {error}")
     try:
         record.update(file_identity(path))
     except OSError:

@@ -1,0 +1,1 @@
+"""LLaVA-Mini: the model (vidmini.model until the layout moves) and its frame-model adapter (family.py)."""
