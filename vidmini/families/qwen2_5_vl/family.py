@@ -1,4 +1,4 @@
-"""Qwen2.5-VL behind vidmini's frame-model interface (vidmini.families.interface; docs/families.md).
+"""Qwen2.5-VL behind vidmini's frame-model interface (vidmini.families.interface; docs/qwen2_5_vl.md).
 
 A unit is temporal_patch_size (2) consecutive frames: the engine hands `encode` whole units (completing the last
 by repeating the video's last frame, as the processor pads), and each unit leaves its merged tokens, or the K per

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL's M-RoPE positions (time, row, column) for a streamed video, by KV-cache index (docs/families.md).
+"""Qwen2.5-VL's M-RoPE positions (time, row, column) for a streamed video, by KV-cache index (docs/qwen2_5_vl.md).
 
 The rule is the model's own `get_rope_index` for one video between two pieces of text (transformers 5.24):
 

@@ -1,4 +1,4 @@
-"""Qwen2.5-VL's video preprocessing, written once here so vidmini needs no torchvision (docs/families.md).
+"""Qwen2.5-VL's video preprocessing, written once here so vidmini needs no torchvision (docs/qwen2_5_vl.md).
 
 The checkpoint's video processor (transformers' Qwen2VLVideoProcessor, which imports torchvision) does, per video
 of T frames [T, H, W, 3] uint8:

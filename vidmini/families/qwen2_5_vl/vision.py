@@ -1,4 +1,4 @@
-"""Qwen2.5-VL's vision tower, unit by unit, and VisionZip after its patch merger (docs/families.md, docs/visionzip.md).
+"""Qwen2.5-VL's vision tower, unit by unit, and VisionZip after its patch merger (docs/qwen2_5_vl.md).
 
 Encoding units one batch at a time is exact: in transformers' Qwen2_5_VisionTransformerPretrainedModel every
 attention is segmented per temporal slice. The full-attention blocks take `cu_seqlens` of grid_h * grid_w per slice
