@@ -753,7 +753,7 @@ def test_checks_of_paths_locks_and_options_do_not_import_torch(tmp_path, tiny_ch
     """Errors about paths and locks come in well under a second: torch (seconds to import) is not imported first."""
     os.mkfifo(tmp_path / "pipe.mp4")
     (tmp_path / "qwen").mkdir()
-    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen3_vl"}')
     locked = tmp_path / "r.jsonl"
     runs = [["ask", "/no/such.mp4", "Q"], ["ask", "https://example.com/v.mp4", "Q"], ["ask", tmp_path / "pipe.mp4", "Q"],
             ["ask", SAMPLE, "Q", "--start", "100"], ["ask", SAMPLE, "Q", "--model", REPO / "README.md"],
@@ -842,9 +842,9 @@ def test_a_file_or_an_unsupported_family_as_model_says_what_it_is(cli, tmp_path)
     out = cli("ask", SAMPLE, "What?", "--model", REPO / "README.md")
     assert out.code == 4 and "README.md is a file, not a model folder" in one_line(out.stderr)
     (tmp_path / "qwen").mkdir()
-    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "architectures": ["X"]}))
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", "architectures": ["X"]}))
     out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen")
-    assert out.code == 4 and "qwen2_5_vl" in one_line(out.stderr)
+    assert out.code == 4 and "qwen3_vl" in one_line(out.stderr)
     assert all(f in out.stderr for f in ("llava_mini_llama", "llava_next_video", "llava_onevision"))
     (tmp_path / "qwen" / "config.json").write_text("{}")
     assert "has no model_type" in one_line(cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen").stderr)
