@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from vidmini import capacity
+from vidmini.internals import dump_memory_history, start_memory_history
 from vidmini.memory import GIB, MB, Recorder, rss_bytes
 
 
@@ -186,15 +187,12 @@ def start_snapshot(device: str) -> None:
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
         raise UsageError("--memory-snapshot records the CUDA allocator: it needs a CUDA device")
-    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    start_memory_history(max_entries=200_000)
 
 
 def write_snapshot(path: str) -> None:
     """A pickle that https://pytorch.org/memory_viz opens."""
-    import torch
-
-    torch.cuda.memory._dump_snapshot(path)
-    torch.cuda.memory._record_memory_history(enabled=None)
+    dump_memory_history(path)
 
 
 # ---- will it fit, without running --------------------------------------------------------------------------------

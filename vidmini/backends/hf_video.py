@@ -374,7 +374,7 @@ class HFVideo(Family):
     def meta_model(self, folder) -> FrameModel:
         config = _config(folder)
         with torch.device("meta"):
-            return VideoBackend(model_class(config.model_type)._from_config(config))
+            return VideoBackend(model_class(config.model_type)(config))
 
     def prompt_length(self, folder, questions) -> int:
         config = _config(folder)

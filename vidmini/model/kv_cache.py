@@ -1,8 +1,11 @@
 """The LLM's KV cache: preallocated once (transformers' StaticCache, written by index), and rewindable, so that
 several questions share one prefill of [fused prefix | frame tokens] and each continues from there.
 
-Only public Cache methods are used (`get_seq_length`, `crop`); every rewind checks that it took effect, so a
-transformers release that changes their meaning fails loudly here instead of answering from a stale cache.
+Rewinding uses public Cache methods only (`get_seq_length`, `crop`), and every rewind checks that it took effect,
+so a transformers release that changes their meaning fails loudly here instead of answering from a stale cache.
+Two readers go below the public API, to StaticCache's per-layer tensors (`kv.layers[i].keys` / `.values`): the
+memory report's `allocated_bytes` and the evidence's `keys`; `keys` checks their shape and fails loudly, and
+`allocated_bytes` counts only what is there (a changed layout reads as "not measured", never as a wrong figure).
 """
 
 from __future__ import annotations

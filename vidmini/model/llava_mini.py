@@ -20,6 +20,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from vidmini import capacity
+from vidmini.internals import ignore_missing_keys, llama_forward
 from vidmini.model.checkpoint import TOWER_KEYS_PATTERN, expected_missing, finish_loading, prepare_config
 from vidmini.model.compressor import Compressor
 from vidmini.model.conv_vision import MODEL_TYPE as CONV_MODEL_TYPE
@@ -31,6 +32,7 @@ from vidmini.model.vision import VisionTower
 
 # Set by from_pretrained while it builds a model: patterns of the weights its checkpoint leaves to another source.
 _EXPECTED_MISSING: ContextVar[tuple[str, ...]] = ContextVar("vidmini_expected_missing", default=())
+_LLAMA_FORWARD = llama_forward()  # checked once, at import
 
 
 class LlavaMiniModel(LlamaModel):
@@ -59,7 +61,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-        self._keys_to_ignore_on_load_missing.update(_EXPECTED_MISSING.get())  # post_init made it a per-instance set
+        ignore_missing_keys(self, _EXPECTED_MISSING.get())
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -175,7 +177,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
 
     def language_forward(self, **kwargs):
         """The plain Llama forward (no vision): inputs_embeds/input_ids, cache, positions, logits_to_keep."""
-        return LlamaForCausalLM.forward(self, **kwargs)
+        return _LLAMA_FORWARD(self, **kwargs)
 
     def forward(self, input_ids=None, pixel_values=None, inputs_embeds=None, **kwargs):
         """With pixel_values: the reference forward, logits [1, N, V] over the multimodal sequence."""

@@ -185,9 +185,10 @@ class PyAVDecoder:
                     yield i, picture, float(t)
                     i += 1
             k += 1
-        if i < stop_at:
+        if i < stop_at:  # planned frames past the last decodable one: from the first of them on, in seconds
             report.missing += stop_at - i
-            report.first_missing_s = float(i)
+            t = float(wanted[i]) / (info.fps or 1)
+            report.first_missing_s = t if report.first_missing_s is None else min(report.first_missing_s, t)
 
 
 def _seek(container, stream, target_s: float) -> None:
