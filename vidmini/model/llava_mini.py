@@ -216,7 +216,7 @@ def build_vision_tower(config: LlavaMiniConfig) -> nn.Module:
 
 
 def stitch_parts(parts: torch.Tensor, ratio: int) -> torch.Tensor:
-    """[T, r*r, g*g, D] sub-image grids (row-major) -> one [T, (r*g)*(r*g), D] raster (docs §3)."""
+    """[T, r*r, g*g, D] sub-image grids (row-major) -> one [T, (r*g)*(r*g), D] raster (docs/llava-mini.md §3)."""
     T, _, N, D = parts.shape
     g = int(N**0.5)
     grid = parts.view(T, ratio, ratio, g, g, D).transpose(2, 3)  # [T, r, g, r, g, D]
