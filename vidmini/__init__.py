@@ -7,13 +7,13 @@ transformers is imported, not before: `vidmini --help` and `vidmini probe` stay 
 
 from __future__ import annotations
 
-from vidmini.internals import register_after_import
+from vidmini.infra.internals import register_after_import
 
 __version__ = "0.1.0"
 
 
 def _register() -> None:
-    import vidmini.model  # noqa: F401  (registers with AutoConfig / AutoModelForCausalLM)
+    import vidmini.families.llava_mini  # noqa: F401  (registers with AutoConfig / AutoModelForCausalLM)
 
 
 register_after_import("transformers", _register)
