@@ -238,7 +238,7 @@ SAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "sample_videos", "sc
 
 def sample_frames(frames_model, count: int):
     """`count` frames of the sample video at 1 fps, decoded at the model's geometry, and their times."""
-    from vidmini.video import StreamOptions, decode_all, make_plan, probe
+    from vidmini.inputs.video import StreamOptions, decode_all, make_plan, probe
 
     info = probe(SAMPLE)
     frames, times = decode_all(info, make_plan(info, max_frames=count), StreamOptions(geometry=frames_model.geometry))
@@ -252,9 +252,9 @@ def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_ch
     at the family's positions, the decode. Odd and even frame counts."""
     import numpy as np
 
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.model.generate import new_cache, positioned, prefill
-    from vidmini.video import FrameBatch
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.engine.generate import new_cache, positioned, prefill
+    from vidmini.inputs.video import FrameBatch
 
     model, tokenizer = qwen
     frames_model = FAMILY.adapt(model, tokenizer, settings=settings)

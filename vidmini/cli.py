@@ -18,9 +18,9 @@ from typing import Optional
 import typer
 
 from vidmini import errors
-from vidmini.checkpoint_files import DEFAULT_MODEL
-from vidmini.evidence import DEFAULT_MOMENTS
-from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS
+from vidmini.families.checkpoint_files import DEFAULT_MODEL
+from vidmini.engine.evidence import DEFAULT_MOMENTS
+from vidmini.inputs.questions import DEFAULT_MAX_QUESTION_TOKENS
 
 app = typer.Typer(
     name="vidmini",
@@ -118,8 +118,8 @@ EvidenceOpt = typer.Option(None, "--evidence", metavar="[N]", min=1, help="After
 
 
 def _probe_record(path: str, fps: float, max_frames, sampling: str, decoder: str) -> dict:
-    from vidmini.sources import Sampling, plan_video
-    from vidmini.video import choose_backend
+    from vidmini.inputs.sources import Sampling, plan_video
+    from vidmini.inputs.video import choose_backend
 
     record = {"path": path, "ok": False, "error": None}
     try:
@@ -216,7 +216,7 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress display.")
 
 
 def _read_questions(questions: list[str]) -> list[str]:
-    from vidmini.questions import check_text, read_stdin
+    from vidmini.inputs.questions import check_text, read_stdin
 
     if questions:
         return check_text(questions)
@@ -268,41 +268,41 @@ def ask(
 
     Several questions share one pass over the video. Decoded frames are cached, so asking again is fast.
     """
-    from vidmini.checkpoint_files import check_checkpoint
-    from vidmini.paths import check_input_file, is_image
+    from vidmini.families.checkpoint_files import check_checkpoint
+    from vidmini.inputs.paths import check_input_file, is_image
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     _check_range(start, end)
     _check_workers(decode_workers)
     # Everything a user can get wrong about the input and --model is refused here, before torch is imported.
     check_input_file(video, "image file" if is_image(video) else "video file")  # stat() only: in a blink
-    from vidmini.sources import Sampling, check_input
+    from vidmini.inputs.sources import Sampling, check_input
 
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
     check_input(video, sampling_opts)  # not a video, --start/--end outside it
     check_checkpoint(model)
     if dry_run:
-        from vidmini.memory_report import dry_run as plan_run
-        from vidmini.memory_report import print_dry_run
+        from vidmini.infra.memory_report import dry_run as plan_run
+        from vidmini.infra.memory_report import print_dry_run
 
         plan = plan_run(model, video, sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
                         _read_questions(questions) if questions else [], tokens_per_frame, prefusion_tokens)
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
-    from vidmini.memory_report import MemoryOutputs
+    from vidmini.infra.memory_report import MemoryOutputs
 
     memory = MemoryOutputs(_output_path(memory_plot), _output_path(memory_snapshot))  # before the model loads
     evidence_plot = _output_path(evidence_plot)
     if evidence_plot is not None:
-        from vidmini.memory_report import check_plot_available
-        from vidmini.outputs import check_evidence_plot
+        from vidmini.infra.memory_report import check_plot_available
+        from vidmini.infra.outputs import check_evidence_plot
 
         check_evidence_plot(evidence_plot)
         check_plot_available("--evidence-plot")
         evidence = evidence or DEFAULT_MOMENTS
-    from vidmini.ask import TextStreamer, ask_job
-    from vidmini.model.loading import LoadOptions
+    from vidmini.jobs.ask import TextStreamer, ask_job
+    from vidmini.families.loading import LoadOptions
 
     result = ask_job(
         LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame), video, asked, memory,
@@ -359,9 +359,9 @@ def summarize(
     --markdown a rendering vidmini wrote; otherwise exit 2 before any work (--force does not change this).
     One process writes a report at a time: a second summarize on the same --out exits 2 at once.
     """
-    from vidmini.outputs import check_summarize_outputs, lock_path, report_lock
-    from vidmini.report import write_markdown
-    from vidmini.summarize import SummarizeOptions, summary_line
+    from vidmini.infra.outputs import check_summarize_outputs, lock_path, report_lock
+    from vidmini.jobs.report import write_markdown
+    from vidmini.jobs.summarize import SummarizeOptions, summary_line
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     out, markdown = _output_path(out), _output_path(markdown)
@@ -375,7 +375,7 @@ def summarize(
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
     if ray_address is not None:
-        from vidmini.scale.ray import check_options
+        from vidmini.jobs.scale.ray import check_options
 
         check_options(devices, device)  # Ray missing, --devices or cuda:N: one line, exit 2
     elif workers is not None:
@@ -383,8 +383,8 @@ def summarize(
     _check_chapters(chapter_minutes, fps)
     check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
     _check_summarize_inputs(paths)
-    from vidmini.checkpoint_files import check_checkpoint
-    from vidmini.questions import check_text
+    from vidmini.families.checkpoint_files import check_checkpoint
+    from vidmini.inputs.questions import check_text
 
     extra = check_text(list(question or []))  # as `ask` checks its questions: blank or not UTF-8 is exit 2
     check_checkpoint(model)
@@ -395,8 +395,8 @@ def summarize(
         batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs,
         max_question_tokens=max_question_tokens, evidence=evidence or 0)
     with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
-        from vidmini.model.loading import LoadOptions
-        from vidmini.placement import Placement, summarize_job
+        from vidmini.families.loading import LoadOptions
+        from vidmini.jobs.placement import Placement, summarize_job
 
         placement = Placement(devices=[d.strip() for d in (devices or "").split(",") if d.strip()],
                               ray_address=ray_address, workers=workers)
@@ -411,7 +411,7 @@ def summarize(
 
 def _output_path(path: str | None) -> Path | None:
     """An output option as a Path, once it is known not to be a URL (Path would drop a slash of it)."""
-    from vidmini.paths import check_not_url
+    from vidmini.inputs.paths import check_not_url
 
     if path is None:
         return None
@@ -422,7 +422,7 @@ def _output_path(path: str | None) -> Path | None:
 def _check_summarize_inputs(paths: list[str]) -> None:
     """Each given path, before any work: a typo, a URL, a FIFO, socket or device (which would block the first
     open()) is one line; files and folders go on (a broken video becomes a failed record, not a stop)."""
-    from vidmini.paths import check_not_url, special_kind
+    from vidmini.inputs.paths import check_not_url, special_kind
 
     for path in paths:
         check_not_url(path, "the path of a video file or folder")
@@ -449,7 +449,7 @@ def cache_show(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vidmini import cache
+    from vidmini.inputs import cache
 
     root, found = cache.cache_root(), cache.entries()
     total, limit = sum(e["bytes"] for e in found), cache.limit_bytes()
@@ -469,7 +469,7 @@ def cache_clear(
     json_out: bool = JsonOpt,
 ) -> None:
     """Remove cache entries (all, or those unused for --older-than) and temp folders left by killed runs."""
-    from vidmini import cache
+    from vidmini.inputs import cache
 
     try:
         age = cache.parse_age(older_than) if older_than is not None else None
@@ -486,7 +486,7 @@ def cache_clear(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every outcome is an exit code. Errors are one line on stderr and, with --json, also one JSON
     object {"error", "exit_code"} on stdout, so a script reading stdout never has to parse stderr."""
-    from vidmini import signals
+    from vidmini.infra import signals
 
     argv = _optional_count(list(sys.argv[1:] if argv is None else argv), "--evidence", DEFAULT_MOMENTS)
     _accept_click_completion_names()
@@ -522,7 +522,7 @@ def _optional_count(argv: list[str], option: str, default: int) -> list[str]:
 
 
 def _interrupted(argv: list[str], cause: BaseException | None) -> int:
-    from vidmini.signals import interrupted
+    from vidmini.infra.signals import interrupted
 
     code, message = interrupted(cause)
     return _failed(argv, code, message)

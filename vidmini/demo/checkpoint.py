@@ -7,7 +7,7 @@
 
 `resolve_demo()` turns `--model demo` (or a folder of the same layout, which train/ exports) into a folder that
 the LLaVA-Mini family reads as any checkpoint whose config names an `llm_source`: our files, the LLM's weights
-beside them (vidmini.model.checkpoint.LLM_WEIGHTS_FILE) and its tokenizer. vidmini.demo.source registers it as a
+beside them (vidmini.families.llava_mini.checkpoint.LLM_WEIGHTS_FILE) and its tokenizer. vidmini.demo.source registers it as a
 checkpoint source (vidmini.families.registry). `fill_llm_weights(model)` fills a model built in memory (train/).
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from vidmini.demo.config import GGUF_FILE, LLM_PACKAGE, LLM_PIP
 from vidmini.errors import ModelLoadError
-from vidmini.model.checkpoint import LLM_WEIGHTS_FILE
-from vidmini.model.checkpoint import fill_llm_weights as fill_from_file
-from vidmini.paths import user_cache_dir
+from vidmini.families.llava_mini.checkpoint import LLM_WEIGHTS_FILE
+from vidmini.families.llava_mini.checkpoint import fill_llm_weights as fill_from_file
+from vidmini.inputs.paths import user_cache_dir
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = ("config.json", "model.safetensors", "generation_config.json")

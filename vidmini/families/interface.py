@@ -31,14 +31,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vidmini.checkpoint_files import DEFAULT_MODEL
+from vidmini.families.checkpoint_files import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # the interface is imported before torch is (vidmini --help stays instant)
     import torch
     from torch import nn
 
-    from vidmini.capacity import FrameShape
-    from vidmini.video.frames import FrameGeometry
+    from vidmini.engine.capacity import FrameShape
+    from vidmini.inputs.video.frames import FrameGeometry
 
 
 @dataclass
@@ -88,7 +88,7 @@ class FramePass:
     prompts: list[list[int]]  # each question's `prompt_ids`
     ranges: list[tuple[int, int | None]]  # distinct (first frame, end frame or None) of the queries
     extra: dict[str, Any] = field(default_factory=dict)  # free for a family's own bookkeeping
-    buffer: Any = None  # the engine's token buffer (vidmini.engine.TokenBuffer), set once `begin` returns
+    buffer: Any = None  # the engine's token buffer (vidmini.engine.engine.TokenBuffer), set once `begin` returns
 
     @property
     def frames(self) -> int:
@@ -160,7 +160,7 @@ class FrameModel(ABC):
     @property
     @abstractmethod
     def shape(self) -> FrameShape:
-        """What a unit costs, for vidmini.capacity (the LLM config, K, the vision and fusion work per unit)."""
+        """What a unit costs, for vidmini.engine.capacity (the LLM config, K, the vision and fusion work per unit)."""
 
     @property
     @abstractmethod

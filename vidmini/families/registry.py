@@ -2,7 +2,7 @@
 
 A family is registered by one line in FAMILIES: the checkpoint's config.json `model_type` -> "module:attribute" of
 its vidmini.families.interface.Family instance. The module is imported on first use only, so checking --model
-(vidmini.checkpoint_files) needs no torch. A checkpoint source (the demo model) is one line in SOURCES.
+(vidmini.families.checkpoint_files) needs no torch. A checkpoint source (the demo model) is one line in SOURCES.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from importlib import import_module
 
 FAMILIES: dict[str, str] = {
     "llava_mini_llama": "vidmini.families.llava_mini.family:FAMILY",
-    "llava_next_video": "vidmini.backends.hf_video:FAMILY",
-    "llava_onevision": "vidmini.backends.hf_video:FAMILY",
+    "llava_next_video": "vidmini.families.hf_video.backend:FAMILY",
+    "llava_onevision": "vidmini.families.hf_video.backend:FAMILY",
     "qwen2_5_vl": "vidmini.families.qwen2_5_vl.family:FAMILY",
 }
 

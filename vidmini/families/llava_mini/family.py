@@ -1,5 +1,5 @@
 """LLaVA-Mini as a frame model (docs/families.md): CLIP + compressor + projector per frame, then one pre-fusion pass
-with every question packed in (docs/llava-mini.md in the brief; vidmini.model.prefusion). The frame tokens are
+with every question packed in (docs/llava-mini.md in the brief; vidmini.families.llava_mini.prefusion). The frame tokens are
 question-independent; each question's fused prompt is the mean over the frames of its range, summed in fp32.
 With `prefusion_tokens`, VisionZip keeps K of the vision tokens for pre-fusion (vidmini.reduce.prefusion).
 """
@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vidmini import capacity
+from vidmini.engine import capacity
 from vidmini.errors import ModelLoadError, UsageError
 from vidmini.families.interface import Family, FramePass, FrameModel, UnitTokens
 from vidmini.families.registry import NAMES
-from vidmini.model.config import MODEL_TYPE, LlavaMiniConfig, vision_prefix_len
-from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
-from vidmini.model.prompt import build_prompt_ids
-from vidmini.video.frames import FrameGeometry
+from vidmini.families.llava_mini.config import MODEL_TYPE, LlavaMiniConfig, vision_prefix_len
+from vidmini.families.llava_mini.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
+from vidmini.families.llava_mini.prompt import build_prompt_ids
+from vidmini.inputs.video.frames import FrameGeometry
 
 
 def frame_shape(config, prefusion_tokens: int | None = None) -> capacity.FrameShape:
@@ -45,7 +45,7 @@ class MiniPass(FramePass):
 
 
 class MiniFrames(FrameModel):
-    """A LlavaMiniForCausalLM (vidmini.model.llava_mini) behind the frame-model interface."""
+    """A LlavaMiniForCausalLM (vidmini.families.llava_mini.llava_mini) behind the frame-model interface."""
 
     family = MODEL_TYPE
     fusion_stage = "pre-fusion"
@@ -60,7 +60,7 @@ class MiniFrames(FrameModel):
 
     def image_frame(self, image):
         """The reference's image path: pad to a square with the mean colour (or crop), then CLIP's resize."""
-        from vidmini.model.preprocess import process_image
+        from vidmini.inputs.preprocess import process_image
 
         return process_image(image, self.config.image_aspect_ratio, self.config.image_mean)
 
@@ -142,7 +142,7 @@ class LlavaMini(Family):
             others = ", ".join(t for t in NAMES if t != MODEL_TYPE)
             raise UsageError(f"--tokens-per-frame is for the other video VLMs ({others}); "
                              "LLaVA-Mini keeps one token per frame (see --prefusion-tokens)")
-        from vidmini.model.checkpoint import prepare_config
+        from vidmini.families.llava_mini.checkpoint import prepare_config
 
         return frame_shape(prepare_config(folder, LlavaMiniConfig.from_pretrained(folder), {}), prefusion_tokens)
 
@@ -151,7 +151,7 @@ class LlavaMini(Family):
         import torch
         from transformers import AutoTokenizer
 
-        from vidmini.model.llava_mini import LlavaMiniForCausalLM
+        from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
         quant = quantization_config(options.quantize, dtype)
         try:
@@ -175,8 +175,8 @@ class LlavaMini(Family):
         return model if isinstance(model, MiniFrames) else MiniFrames(model, tokenizer, prefusion_tokens)
 
     def meta_model(self, folder) -> FrameModel:
-        from vidmini.model.checkpoint import prepare_config
-        from vidmini.model.llava_mini import LlavaMiniForCausalLM
+        from vidmini.families.llava_mini.checkpoint import prepare_config
+        from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
         config = prepare_config(folder, LlavaMiniConfig.from_pretrained(folder), {})
         with torch.device("meta"):

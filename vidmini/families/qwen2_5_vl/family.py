@@ -19,14 +19,14 @@ import os
 
 import torch
 
-from vidmini import capacity
-from vidmini.backends.hf_video import read_chat_template, read_preprocessor
+from vidmini.engine import capacity
+from vidmini.families.hf_video.backend import read_chat_template, read_preprocessor
 from vidmini.errors import ModelLoadError, UsageError
 from vidmini.families.interface import Family, FramePass, FrameModel, UnitTokens, VideoSpan
 from vidmini.families.qwen2_5_vl.positions import video_positions
 from vidmini.families.qwen2_5_vl.preprocess import VideoSettings, patchify, smart_resize
 from vidmini.families.qwen2_5_vl.vision import UnitEncoder
-from vidmini.video.frames import FrameGeometry
+from vidmini.inputs.video.frames import FrameGeometry
 
 MODEL_TYPE = "qwen2_5_vl"
 
