@@ -168,7 +168,7 @@ class QwenFrames(FrameModel):
         return self.model.get_input_embeddings()
 
     def get_decoder(self):
-        """Only --evidence asks for it, and its re-scoring (vidmini.model.relevance) reads 1-D positions from the
+        """Only --evidence asks for it, and its re-scoring (vidmini.engine.relevance) reads 1-D positions from the
         decoder layers' arguments and rotates queries with 1-D RoPE; Qwen's layers get M-RoPE and no 1-D ids."""
         raise UsageError("--evidence does not support Qwen2.5-VL yet (its attention is re-scored with 1-D RoPE "
                          "positions; this model uses M-RoPE)")
