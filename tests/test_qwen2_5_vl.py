@@ -295,6 +295,10 @@ def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
     plan = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--dry-run", "--json")
     assert plan.code == 0, plan.stderr
     assert plan.json["frames"] == 6 and plan.json["weights_bytes"] > 0
+    # 8 tokens per frame (16 per unit of 2): the buffer's 64 floats each + the KV cache's 2 layers x 2 heads x 16 x
+    # (k, v) floats; the 32768-position context holds 2048 units = 4096 frames.
+    assert plan.json["per_frame_bytes"] == 8 * (64 * 4 + 2 * 2 * 16 * 2 * 4)
+    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 4096
     out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--max-new-tokens", 2, "--json",
               "-q", "--profile-memory", "--tokens-per-frame", 3)
     assert out.code == 0, out.stderr

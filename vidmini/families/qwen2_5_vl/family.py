@@ -188,12 +188,12 @@ class QwenFrames(FrameModel):
 
 
 def unit_shape(config, settings: VideoSettings, tokens: int) -> capacity.FrameShape:
-    """What a unit costs: K tokens in the LLM; the vision tower over all of the unit's patches."""
+    """What a unit of 2 frames costs: K tokens in the LLM; the vision tower over all of the unit's patches."""
     vision = config.vision_config
     patches = (frame_side(settings) // settings.patch_size) ** 2
     return capacity.FrameShape(config.get_text_config(), tokens,
                                {"hidden_size": vision.hidden_size, "intermediate_size": vision.intermediate_size},
-                               patches)
+                               patches, frames_per_unit=settings.temporal_patch_size)
 
 
 def read_settings(folder: str) -> VideoSettings:
