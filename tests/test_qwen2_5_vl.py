@@ -352,3 +352,14 @@ def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
     ours, theirs = cli("ask", "--model", qwen_checkpoint, *args), cli("ask", "--model", hub, *args)
     assert ours.code == theirs.code == 0, theirs.stderr
     assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 8
+
+
+def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path):
+    """Chapters of 15 frames: the second starts inside a unit of 2 frames; every chapter still answers."""
+    report = tmp_path / "r.jsonl"
+    out = cli("summarize", SAMPLE, "-o", report, "--model", qwen_checkpoint, "--chapter-minutes", 0.25,
+              "--max-new-tokens", 3, "-q")
+    assert out.code == 0, out.stderr
+    record = json.loads(report.read_text().splitlines()[0])
+    assert record["error"] is None and [c["frames"] for c in record["chapters"]] == [15, 15, 10]
+    assert all(isinstance(c["summary"], str) for c in record["chapters"])
