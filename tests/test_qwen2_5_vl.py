@@ -216,6 +216,22 @@ def test_greedy_tokens_equal_the_models_generate(qwen, settings, seed, frames):
 
 
 # ---- VisionZip after the merger ------------------------------------------------------------------------------
+def test_scores_are_mapped_from_window_order_to_the_mergers_order(qwen, settings):
+    """VisionZip reads its scores and keys in the tower's window order; the order it maps them to must be the one
+    the tower gives its merged tokens in: the merger over the last hidden states (window order), so mapped, is
+    the tower's own output, unit by unit."""
+    model, _ = qwen
+    patches, (units, rows, cols) = patchify(normalize_frames(video(6, 84, 112).permute(0, 3, 1, 2).contiguous(),
+                                                             settings), settings)
+    encoder = UnitEncoder(model.model.visual, rows, cols)  # 3 x 4 merged: windows of 2 x 2 with padding
+    with torch.no_grad():
+        out = model.model.visual(patches, grid_thw=torch.tensor([[units, rows, cols]]))
+        merged = model.model.visual.merger(out.last_hidden_state).view(units, encoder.native, -1)
+    mapped = merged[:, encoder.raster_order()]
+    assert not torch.equal(encoder.raster_order(), torch.arange(encoder.native))  # the test means something
+    assert torch.equal(mapped, out.pooler_output.view(units, encoder.native, -1))
+
+
 def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, settings):
     model, tokenizer = qwen
     clip = normalize_frames(video(4, 112, 112).permute(0, 3, 1, 2).contiguous(), settings)

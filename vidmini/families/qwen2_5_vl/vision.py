@@ -92,9 +92,16 @@ class UnitEncoder:
             return UnitTokens(tokens.view(units, self.native, -1), cells.expand(units, -1, -1))
         return self._reduced(patches, grid, units, cells)
 
-    def _reduced(self, patches, grid, units, cells) -> UnitTokens:
+    def raster_order(self) -> torch.Tensor:
+        """[K0] int64: for each merged token in raster order, its place in the tower's window order (the same in
+        every unit: the tower builds its windows per temporal slice)."""
         from transformers.vision_utils import get_vision_window_index
 
+        window = get_vision_window_index(grid_thw(1, self.rows, self.cols), self.merge, self.visual.window_size,
+                                         self.visual.patch_size)[0]
+        return torch.argsort(window)
+
+    def _reduced(self, patches, grid, units, cells) -> UnitTokens:
         block = self.visual.blocks[max(self.visual.fullatt_block_indexes)]
         with _AttentionInput(block.attn) as seen:
             tokens = self.visual(patches, grid_thw=grid).pooler_output.view(units, self.native, -1)  # [U, K0, H]
@@ -106,9 +113,7 @@ class UnitEncoder:
         scores = scores.view(units, self.native, m2).sum(-1)  # [U, K0] per merged token
         metric = k.mean(1).view(units, self.native, m2, -1).mean(2)  # [U, K0, d]
         # The tower orders merged tokens by window; its merger output is back in raster order: so are these.
-        window = get_vision_window_index(grid_thw(1, self.rows, self.cols), self.merge, self.visual.window_size,
-                                         self.visual.patch_size)[0]
-        raster = torch.argsort(window).to(scores.device)
+        raster = self.raster_order().to(scores.device)
         scores, metric = scores[:, raster], metric[:, raster]
         dominant, contextual = split_budget(self.keep, self.dominant_share)
         reduced, kept = select_and_merge(tokens, metric, scores, dominant, contextual, has_cls=False)
