@@ -67,7 +67,12 @@ class TokenBuffer:
         self.times = torch.zeros(capacity * frames_per_unit, dtype=torch.float64)  # [U*f] seconds, on the CPU
         self.grid: torch.Tensor | None = None  # [U*K, G] int64, allocated on the first unit that has one
         self.count = 0  # units written
-        self.frame_count = 0  # frames delivered (the last unit may be completed by repeating a frame)
+        self.padding = 0  # frames repeated to complete the last unit (not the video's)
+
+    @property
+    def frame_count(self) -> int:
+        """Frames of the video in the buffer."""
+        return self.count * self.frames_per_unit - self.padding
 
     @property
     def tokens_per_frame(self) -> int:
@@ -89,7 +94,7 @@ class TokenBuffer:
                 self.grid = torch.zeros(self.capacity * t, grid.shape[-1], dtype=torch.long)
             self.grid[self.count * t : (self.count + n) * t] = grid.reshape(n * t, -1).cpu()
         self.count += n
-        self.frame_count += n * f if frames is None else frames
+        self.padding += 0 if frames is None else n * f - frames
 
     def units(self, start: int = 0, end: int | None = None) -> tuple[int, int]:
         """The units holding frames start..end (an end inside a unit takes the whole unit)."""

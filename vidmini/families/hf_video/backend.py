@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
