@@ -379,3 +379,27 @@ def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path)
     record = json.loads(report.read_text().splitlines()[0])
     assert record["error"] is None and [c["frames"] for c in record["chapters"]] == [15, 15, 10]
     assert all(isinstance(c["summary"], str) for c in record["chapters"])
+
+
+def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
+    """K < native: the buffer carries each kept token's place, and its position is (its unit's time, its row, its
+    column) as in the native layout."""
+    import numpy as np
+
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
+
+    model, tokenizer = qwen
+    native = FAMILY.adapt(model, tokenizer, settings=settings)
+    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=3, settings=settings)
+    frames, _ = sample_frames(native, 5)
+    positions = {}
+    for name, frames_model in (("native", native), ("reduced", reduced)):
+        engine = Engine(frames_model, tokenizer, EngineOptions(batch_size=4, max_new_tokens=2))
+        encoded = engine.encode([FrameBatch(frames, np.arange(5.0), np.arange(5))], 5, [Query(QUESTION)])
+        span = encoded.buffer.span()
+        ids = frames_model.positions(10, span, 0).ids(10, span.tokens, "cpu")[:, 0].T  # [N, 3]
+        positions[name] = {tuple(p) for p in ids.tolist()}
+        if name == "reduced":
+            assert span.tokens == 3 * 6 and torch.equal(ids[:, 1:] - 10, span.grid)  # 3 units of 6 tokens
+    assert positions["reduced"] <= positions["native"]  # every kept token sits where the model put it
