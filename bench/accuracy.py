@@ -40,7 +40,7 @@ LOOKS = [(336, 336, 20), (320, 240, 28), (224, 224, 32), (480, 270, 23), (160, 1
 
 def load_demo(model_id: str):
     """model_id: "demo" (the shipped weights) or a candidate folder of the same layout (train/align.py's export)."""
-    from vidmini.model.loading import LoadOptions, load_model
+    from vidmini.families.loading import LoadOptions, load_model
 
     return load_model(LoadOptions(model=model_id, device="cpu"))
 
@@ -56,7 +56,7 @@ def clip_questions(tl, rng: random.Random, kinds: list[str]):
 
 
 def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict:
-    from vidmini.ask import Sampling, run_ask
+    from vidmini.jobs.ask import Sampling, run_ask
 
     results = defaultdict(lambda: [0, 0])
     evidence = [0, 0]  # "when" questions whose top evidence moment lies on the item's first showing (+- 3 s), asked

@@ -39,7 +39,7 @@ EQUAL_MAX_DIFF = 2  # see tests/test_decord_frames.py: conversion rounding, not 
 # One decode of one file, in a fresh process. Prints one JSON line.
 SPEED = r"""
 import glob, json, os, resource, sys, threading, time
-from vidmini.video import FrameStream, StreamOptions, make_plan, probe
+from vidmini.inputs.video import FrameStream, StreamOptions, make_plan, probe
 peak_kb = [0]
 def rss_kb(pid):
     try:
@@ -87,7 +87,7 @@ if __name__ == "__main__":  # decord's child process is spawned: it re-imports t
 CORPUS_RUN = r"""
 import json, sys, time
 import numpy as np
-from vidmini.video import StreamOptions, VideoError, decode_all, make_plan, probe
+from vidmini.inputs.video import StreamOptions, VideoError, decode_all, make_plan, probe
 backend, out_dir, stall_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
 def main():
     for path in sys.argv[4:]:

@@ -99,7 +99,7 @@ def random_model(size: str, dtype, device: str):
 
 
 def drift_random(size: str, device: str) -> dict:
-    from vidmini.model.prompt import build_prompt_ids
+    from vidmini.families.llava_mini.prompt import build_prompt_ids
 
     model, tokenizer = random_model(size, torch.float32, device)
     ids = torch.tensor([build_prompt_ids(tokenizer, QUESTION)], device=device)
@@ -110,9 +110,9 @@ def drift_random(size: str, device: str) -> dict:
 
 
 def quantized_8bit(size: str, device: str) -> dict:
-    from vidmini.memory_report import weights_by_component
-    from vidmini.model.loading import LoadOptions, load_model
-    from vidmini.model.prompt import build_prompt_ids
+    from vidmini.infra.memory_report import weights_by_component
+    from vidmini.families.loading import LoadOptions, load_model
+    from vidmini.families.llava_mini.prompt import build_prompt_ids
     from vidmini.testing.tiny_checkpoint import write_checkpoint
 
     if not device.startswith("cuda"):
@@ -140,9 +140,9 @@ def throughput(size: str, frames: int, batch: int, device: str) -> dict:
 
 def long_video(size: str, seconds: int, device: str) -> dict:
     """The whole `ask` pipeline (decode, encode, buffer, answer) with memory profiling, on a generated video."""
-    from vidmini.ask import run_ask
-    from vidmini.memory import Recorder
-    from vidmini.sources import Sampling
+    from vidmini.jobs.ask import run_ask
+    from vidmini.infra.memory import Recorder
+    from vidmini.inputs.sources import Sampling
     from vidmini.testing.videos import make_video
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32

@@ -34,11 +34,11 @@ print(json.dumps({"code": code, "peak_rss_kb": resource.getrusage(resource.RUSAG
 
 
 def throughput(size: str, frames: int, batch: int, device: str) -> dict:
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.model.prefusion import FusionLayout
-    from vidmini.model.preprocess import normalize
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.families.llava_mini.prefusion import FusionLayout
+    from vidmini.inputs.preprocess import normalize
     from vidmini.testing.tiny_checkpoint import build_model, build_tokenizer
-    from vidmini.video.frames import FrameBatch
+    from vidmini.inputs.video.frames import FrameBatch
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer = build_tokenizer()

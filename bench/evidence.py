@@ -17,12 +17,12 @@ frames encoded and put in place (frame tokens, and each question's pre-fusion su
 computation as encoding the needle video whole (up to fp32 summation order); the file path (decode, sampling
 times) is what tests/test_evidence.py covers.
 
-Cost (--cost): one real 1-hour needle file (the longest length), through vidmini.ask.run_ask exactly as `vidmini
+Cost (--cost): one real 1-hour needle file (the longest length), through vidmini.jobs.ask.run_ask exactly as `vidmini
 ask` runs it, timed without, with, without --evidence in one process (the frame cache off, so each run decodes and
 encodes); the answers must be identical. The cost is (with - mean of without) / mean of without.
 
 --all-layers: evidence from every LLM layer, reporting the hit rate of each layer alone: how the default layers
-(vidmini.model.relevance.EVIDENCE_DEPTH) were chosen (calibrate on another --seed than you evaluate on).
+(vidmini.engine.relevance.EVIDENCE_DEPTH) were chosen (calibrate on another --seed than you evaluate on).
 
 Saves OUT.json and prints a summary. Re-run on new weights with the same command (--model a folder for a
 candidate checkpoint).
@@ -83,8 +83,8 @@ def needles(length: int, count: int, asked_when: int, seed: int) -> tuple[Timeli
 def batches(timeline: Timeline, times: np.ndarray, geometry):
     """FrameBatches of the timeline rendered at `times`, as the engine takes them."""
     from vidmini.demo.render import draw_background, render
-    from vidmini.video import FrameBatch
-    from vidmini.video.frames import model_frame
+    from vidmini.inputs.video import FrameBatch
+    from vidmini.inputs.video.frames import model_frame
 
     drawn: dict[int, object] = {}
     for lo in range(0, len(times), BATCH):
@@ -99,7 +99,7 @@ def batches(timeline: Timeline, times: np.ndarray, geometry):
 
 def with_needle(engine, base, background: Timeline, needle: Needle, times: np.ndarray, queries):
     """`base` (the background's encoding) with the needle's frames encoded and put in place."""
-    from vidmini.engine import TokenBuffer
+    from vidmini.engine.engine import TokenBuffer
 
     event = needle.timeline.events[0]
     idx = np.flatnonzero((times >= event.start) & (times < event.end))
@@ -124,7 +124,7 @@ def distance_s(moment: dict, start: float, end: float) -> float:
 
 
 def top_moment(scores, times) -> dict | None:
-    from vidmini.evidence import moments
+    from vidmini.engine.evidence import moments
 
     found = moments(scores.numpy(), times.numpy(), 1)
     return found[0].to_dict() if found else None
@@ -146,7 +146,7 @@ def timed_answer(engine, encoded, queries, evidence: bool):
 
 
 def localise(engine, lengths, count, asked_when, seed, layers, default, timed: int, save) -> list[dict]:
-    from vidmini.engine import Query
+    from vidmini.engine.engine import Query
 
     chosen = [layers.index(i) for i in default]
     rows = []
@@ -195,7 +195,7 @@ def localise(engine, lengths, count, asked_when, seed, layers, default, timed: i
 
 def cost(model, tokenizer, length: int, seed: int, work: str) -> dict:
     """One real needle file through run_ask: without, with, without --evidence."""
-    from vidmini.ask import Sampling, run_ask
+    from vidmini.jobs.ask import Sampling, run_ask
     from vidmini.demo.video import write_video
 
     _, found = needles(length, 1, 0, seed + 1)
@@ -265,9 +265,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from vidmini.engine import Engine, EngineOptions
-    from vidmini.model.loading import LoadOptions, load_model
-    from vidmini.model.relevance import evidence_layers
+    from vidmini.engine.engine import Engine, EngineOptions
+    from vidmini.families.loading import LoadOptions, load_model
+    from vidmini.engine.relevance import evidence_layers
 
     threads = int(os.environ.get("VIDMINI_BENCH_THREADS", "2"))
     torch.set_num_threads(threads)

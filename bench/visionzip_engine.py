@@ -34,14 +34,14 @@ GEOMETRY = {"llava_next_video": 336, "llava_onevision": 384}
 
 
 def frames_of(video: Path, geometry, count: int) -> np.ndarray:
-    from vidmini.video import StreamOptions, decode_all, make_plan, probe
+    from vidmini.inputs.video import StreamOptions, decode_all, make_plan, probe
 
     info = probe(str(video))
     return decode_all(info, make_plan(info, max_frames=count), StreamOptions(geometry=geometry))[0]  # [T, S, S, 3]
 
 
 def batch_of(frames: np.ndarray):
-    from vidmini.video import FrameBatch
+    from vidmini.inputs.video import FrameBatch
 
     return FrameBatch(frames, np.arange(len(frames)) + 0.5, np.arange(len(frames)))
 
@@ -57,8 +57,8 @@ def since(start) -> tuple[float, float]:
 # ---- 1. the other video VLMs -------------------------------------------------------------------------------------
 def backend_run(backend, tok, frames) -> dict:
     """Encode every frame into the buffer, then prefill [prefix | frames | video_end | suffix]: per-frame seconds."""
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.model.generate import new_cache, prefill
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.engine.generate import new_cache, prefill
 
     engine = Engine(backend, tok, EngineOptions(batch_size=8, max_new_tokens=1))
     query = Query(QUESTIONS[0])
@@ -76,7 +76,7 @@ def backend_run(backend, tok, frames) -> dict:
 
 
 def backends(frame_count: int, repeats: int, budgets: tuple[int, ...]) -> list[dict]:
-    from vidmini.backends.hf_video import VideoBackend
+    from vidmini.families.hf_video.backend import VideoBackend
     from vidmini.testing.tiny_video_vlm import build_model, build_tokenizer, preprocessor_config
 
     tok = build_tokenizer()
@@ -113,7 +113,7 @@ def backends(frame_count: int, repeats: int, budgets: tuple[int, ...]) -> list[d
 
 # ---- 2. LLaVA-Mini --prefusion-tokens ------------------------------------------------------------------------------
 def mini_encode_time(model, tok, frames, prefusion_tokens) -> tuple[float, float]:
-    from vidmini.engine import Engine, EngineOptions, Query
+    from vidmini.engine.engine import Engine, EngineOptions, Query
 
     engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=1, prefusion_tokens=prefusion_tokens))
     start = clock()
@@ -123,7 +123,7 @@ def mini_encode_time(model, tok, frames, prefusion_tokens) -> tuple[float, float
 
 
 def mini_speed(model, tok, frame_count: int, repeats: int, k: int) -> dict:
-    from vidmini.video.frames import FrameGeometry
+    from vidmini.inputs.video.frames import FrameGeometry
 
     frames = frames_of(SAMPLES[0], FrameGeometry(), frame_count)
     runs = {"exact": [], f"prefusion {k}": []}
@@ -141,7 +141,7 @@ def mini_speed(model, tok, frame_count: int, repeats: int, k: int) -> dict:
 
 
 def greedy_answers(model, tok, frames, questions, prefusion_tokens, max_new, ids=None) -> list[list[int]]:
-    from vidmini.engine import Engine, EngineOptions, Query
+    from vidmini.engine.engine import Engine, EngineOptions, Query
 
     engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=max_new, prefusion_tokens=prefusion_tokens))
     if ids is not None:  # the fixture has no tokenizer: its prompt ids are given
@@ -177,7 +177,7 @@ def llava_mini(frame_count: int, repeats: int, k: int, max_new: int, agreement_f
 
     import vidmini  # noqa: F401  registers LLaVA-Mini with transformers
     from vidmini.testing.tiny_checkpoint import build_model, build_tokenizer
-    from vidmini.video.frames import FrameGeometry
+    from vidmini.inputs.video.frames import FrameGeometry
 
     tok = build_tokenizer()
     vision = dict(model_type="clip_vision_model", image_size=336, hidden_act="quick_gelu", layer_norm_eps=1e-5,

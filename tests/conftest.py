@@ -94,16 +94,16 @@ def leftovers(x, dominant_idx):
 @pytest.fixture
 def greedy_leads(monkeypatch) -> list[float]:
     """The lead (see `lead`) of every greedy pick the engine makes in this test, in order."""
-    import vidmini.engine
+    import vidmini.engine.engine
 
     leads: list[float] = []
-    real = vidmini.engine.greedy
+    real = vidmini.engine.engine.greedy
 
     def recording(logits):
         leads.append(lead(logits))
         return real(logits)
 
-    monkeypatch.setattr(vidmini.engine, "greedy", recording)
+    monkeypatch.setattr(vidmini.engine.engine, "greedy", recording)
     return leads
 
 

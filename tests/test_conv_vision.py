@@ -27,8 +27,8 @@ def checkpoint(tmp_path_factory):
 def test_loads_through_from_pretrained_with_every_weight(checkpoint):
     from safetensors.torch import load_file
 
-    from vidmini.model.conv_vision import ConvVisionTower
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+    from vidmini.families.llava_mini.conv_vision import ConvVisionTower
+    from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
     model, info = LlavaMiniForCausalLM.from_pretrained(checkpoint, _vidmini_loading_info=True)
     assert isinstance(model.model.vision_tower, ConvVisionTower)
@@ -44,7 +44,7 @@ def test_loads_through_from_pretrained_with_every_weight(checkpoint):
 
 
 def test_a_grid_the_stem_does_not_tile_is_refused():
-    from vidmini.model.conv_vision import ConvVisionTower
+    from vidmini.families.llava_mini.conv_vision import ConvVisionTower
 
     with pytest.raises(ValueError, match="does not tile"):
         ConvVisionTower(conv_config(16, patch_size=64))  # 21x21 stem cells cannot make a 5x5 grid

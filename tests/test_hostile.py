@@ -34,7 +34,7 @@ FAST = ["--max-frames", "2", "--max-new-tokens", "2", "--quiet"]
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every case gets its own frame cache, no network, and a fresh set of once-only warnings."""
-    from vidmini import cache
+    from vidmini.inputs import cache
 
     monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -173,10 +173,10 @@ def test_second_summarize_on_the_same_report_is_refused(cli, tiny_checkpoint, fo
 
 def test_writer_rechecks_the_report_before_each_append(cli, tiny_checkpoint, folder, tmp_path, monkeypatch):
     """A writer that ignored the lock (a filesystem without locks) appended the same record meanwhile."""
-    import vidmini.summarize
+    import vidmini.jobs.summarize
 
     out = tmp_path / "r.jsonl"
-    real = vidmini.summarize.summarize_file
+    real = vidmini.jobs.summarize.summarize_file
 
     def and_another_writer_too(*args, **kwargs):
         record = real(*args, **kwargs)
@@ -184,7 +184,7 @@ def test_writer_rechecks_the_report_before_each_append(cli, tiny_checkpoint, fol
             f.write(json.dumps(record) + "\n")
         return record
 
-    monkeypatch.setattr(vidmini.summarize, "summarize_file", and_another_writer_too)
+    monkeypatch.setattr(vidmini.jobs.summarize, "summarize_file", and_another_writer_too)
     assert cli(*summarize_args(tiny_checkpoint, folder, out=out))[0] == 0
     assert sorted(Path(r["path"]).name for r in records(out)) == ["a.mp4", "b.mp4"]
 
@@ -246,9 +246,9 @@ def test_memory_outputs_never_replace_a_file_that_is_not_ours(cli, tmp_path, opt
 
 
 def test_a_memory_plot_we_wrote_is_recognised_as_ours(tmp_path):
-    from vidmini.memory_report import write_plot
-    from vidmini.outputs import is_our_plot
-    from vidmini.memory import Recorder
+    from vidmini.infra.memory_report import write_plot
+    from vidmini.infra.outputs import is_our_plot
+    from vidmini.infra.memory import Recorder
 
     plot = tmp_path / "m.png"
     write_plot(Recorder(memory=False, device="cpu"), str(plot))
@@ -258,7 +258,7 @@ def test_a_memory_plot_we_wrote_is_recognised_as_ours(tmp_path):
 def test_a_large_snapshot_is_recognised_whatever_block_its_key_falls_in(tmp_path):
     """The snapshot's "device_traces" key follows every memory segment: it can be 100 MB in, possibly across two of the
     blocks the check reads."""
-    from vidmini.outputs import is_our_snapshot
+    from vidmini.infra.outputs import is_our_snapshot
 
     block = 8 * 1024**2
     for at in (block - 5, 9 * block + 100):  # across a block boundary; 72 MB in
@@ -275,7 +275,7 @@ def test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line(cli, tin
                                                                         monkeypatch):
     import errno
 
-    import vidmini.report as report
+    import vidmini.jobs.report as report
 
     out = tmp_path / "r.jsonl"
     code, _, err = cli("summarize", folder / "a.mp4", "--out", out, "--model", tiny_checkpoint, "--quiet")
@@ -304,7 +304,7 @@ def test_a_full_disk_keeps_every_earlier_record_and_says_so_in_one_line(cli, tin
 
 
 def test_a_record_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
-    from vidmini.report import Report
+    from vidmini.jobs.report import Report
 
     out = tmp_path / "r.jsonl"
     out.write_text('{"path": "/a.mp4", "prompt_key": "k", "error": null}\n{"path": "/b.mp4", "prom')  # killed
@@ -362,7 +362,7 @@ def test_unwritable_cache_folder(cli, tiny_checkpoint, monkeypatch, readonly_dir
 def test_full_disk_while_caching(cli, tiny_checkpoint, monkeypatch):
     import builtins
 
-    import vidmini.cache
+    import vidmini.inputs.cache
 
     class FullDisk:
         def __init__(self, real):
@@ -378,7 +378,7 @@ def test_full_disk_while_caching(cli, tiny_checkpoint, monkeypatch):
         handle = builtins.open(path, mode, *args, **kwargs)
         return FullDisk(handle) if "w" in mode and str(path).endswith("frames.u8") else handle
 
-    monkeypatch.setattr(vidmini.cache, "open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr(vidmini.inputs.cache, "open", open_on_a_full_disk, raising=False)
     _answers_without_cache(cli, tiny_checkpoint, "is full")
     assert [n for n in cache_listing() if not n.endswith(".lock")] == []  # no partial entry, no temp folder
 
@@ -425,8 +425,8 @@ def test_orphan_temp_folder_of_a_killed_writer_is_removed(cli, tiny_checkpoint, 
     """SIGKILL skips every cleanup: the writer's temp folder stays. The next run removes it (its owner is gone)."""
     import numpy as np
 
-    from vidmini.cache import FrameCache
-    from vidmini.video.frames import SIZE, FrameBatch
+    from vidmini.inputs.cache import FrameCache
+    from vidmini.inputs.video.frames import SIZE, FrameBatch
 
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -587,9 +587,9 @@ def test_an_unknown_device_is_a_usage_error(tiny_checkpoint, cli, device):
 
 
 def test_probe_gives_every_file_its_line(cli, monkeypatch, tmp_path):
-    import vidmini.sources
+    import vidmini.inputs.sources
 
-    real = vidmini.sources.probe
+    real = vidmini.inputs.sources.probe
     locked = str(tmp_path / "locked.mp4")
 
     def probe(path):
@@ -597,7 +597,7 @@ def test_probe_gives_every_file_its_line(cli, monkeypatch, tmp_path):
             raise PermissionError(13, "Permission denied", path)
         return real(path)
 
-    monkeypatch.setattr(vidmini.sources, "probe", probe)
+    monkeypatch.setattr(vidmini.inputs.sources, "probe", probe)
     out = cli("probe", "--json", SAMPLE, locked, tmp_path, SAMPLE)
     assert out.code == 3
     records = [json.loads(line) for line in out.stdout.splitlines()]
@@ -641,7 +641,7 @@ def test_corrupt_reference_video_fails_cleanly_with_json(tiny_checkpoint, cli):
 
 
 def test_out_of_device_memory_is_exit_5_and_one_line(tiny_checkpoint, cli, monkeypatch):
-    from vidmini.engine import Engine
+    from vidmini.engine.engine import Engine
     from vidmini.errors import DeviceOutOfMemory
 
     def no_room(*args, **kwargs):
@@ -685,8 +685,8 @@ def test_one_writer_per_cache_entry_and_the_per_entry_cap(tmp_path, monkeypatch)
     writer and answers without caching; an entry larger than the cap is not cached at all."""
     import numpy as np
 
-    from vidmini.cache import FRAME_BYTES, FrameCache
-    from vidmini.video import DecodeReport, FrameBatch
+    from vidmini.inputs.cache import FRAME_BYTES, FrameCache
+    from vidmini.inputs.video import DecodeReport, FrameBatch
 
     monkeypatch.setenv("VIDMINI_CACHE_MAX_GB", str(4 * FRAME_BYTES / 1024**3))  # room for 4 frames
     first, second = FrameCache(SAMPLE, "plan-a", root=tmp_path), FrameCache(SAMPLE, "plan-a", root=tmp_path)
@@ -724,7 +724,7 @@ def test_max_new_tokens_is_checked_against_the_context_before_the_weights(cli, t
 
 
 def test_max_new_tokens_is_checked_against_the_memory_its_cache_needs(cli, tiny_checkpoint, tmp_path):
-    from vidmini import capacity
+    from vidmini.engine import capacity
 
     model = config_only(tiny_checkpoint, tmp_path, max_position_embeddings=10**12)  # only memory can limit it
     out = cli("ask", SAMPLE, "What?", "--model", model, "--device", "cpu", "--max-new-tokens", str(10**11))
@@ -753,14 +753,14 @@ def test_checks_of_paths_locks_and_options_do_not_import_torch(tmp_path, tiny_ch
     """Errors about paths and locks come in well under a second: torch (seconds to import) is not imported first."""
     os.mkfifo(tmp_path / "pipe.mp4")
     (tmp_path / "qwen").mkdir()
-    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    (tmp_path / "qwen" / "config.json").write_text('{"model_type": "qwen3_vl"}')
     locked = tmp_path / "r.jsonl"
     runs = [["ask", "/no/such.mp4", "Q"], ["ask", "https://example.com/v.mp4", "Q"], ["ask", tmp_path / "pipe.mp4", "Q"],
             ["ask", SAMPLE, "Q", "--start", "100"], ["ask", SAMPLE, "Q", "--model", REPO / "README.md"],
             ["ask", SAMPLE, "Q", "--model", tmp_path / "qwen"], ["summarize", "/no/such", "--out", locked],
             ["summarize", SAMPLE, "--out", locked, "--model", tiny_checkpoint]]
     code = (f"import fcntl, json, os, sys; from pathlib import Path; from vidmini.cli import main\n"
-            f"from vidmini.outputs import lock_path; fd = os.open(lock_path(Path({str(locked)!r})), os.O_RDWR | os.O_CREAT)\n"
+            f"from vidmini.infra.outputs import lock_path; fd = os.open(lock_path(Path({str(locked)!r})), os.O_RDWR | os.O_CREAT)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
             f"codes = [main([str(a) for a in run]) for run in {[[str(a) for a in r] for r in runs]!r}]\n"
             "print(json.dumps([codes, 'torch' in sys.modules]))")
@@ -842,9 +842,9 @@ def test_a_file_or_an_unsupported_family_as_model_says_what_it_is(cli, tmp_path)
     out = cli("ask", SAMPLE, "What?", "--model", REPO / "README.md")
     assert out.code == 4 and "README.md is a file, not a model folder" in one_line(out.stderr)
     (tmp_path / "qwen").mkdir()
-    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "architectures": ["X"]}))
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", "architectures": ["X"]}))
     out = cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen")
-    assert out.code == 4 and "qwen2_5_vl" in one_line(out.stderr)
+    assert out.code == 4 and "qwen3_vl" in one_line(out.stderr)
     assert all(f in out.stderr for f in ("llava_mini_llama", "llava_next_video", "llava_onevision"))
     (tmp_path / "qwen" / "config.json").write_text("{}")
     assert "has no model_type" in one_line(cli("ask", SAMPLE, "What?", "--model", tmp_path / "qwen").stderr)
@@ -887,9 +887,9 @@ def test_large_images_are_read_reduced_and_upright(cli, tiny_checkpoint, tmp_pat
     Image.new("RGB", (400, 300), (200, 30, 30)).save(big)
     out = cli("ask", big, "What colour?", "--model", tiny_checkpoint, "--json", "--quiet", "--max-new-tokens", "2")
     assert out.code == 0, out.stderr
-    import vidmini.sources
+    import vidmini.inputs.sources
 
-    monkeypatch.setattr(vidmini.sources, "available_ram", lambda: 1024**2)  # decoding it would not fit: refused
+    monkeypatch.setattr(vidmini.inputs.sources, "available_ram", lambda: 1024**2)  # decoding it would not fit: refused
     out = cli("ask", big, "What colour?", "--model", tiny_checkpoint)
     assert out.code == 3 and "400x300 image needs" in one_line(out.stderr)
 
@@ -897,8 +897,8 @@ def test_large_images_are_read_reduced_and_upright(cli, tiny_checkpoint, tmp_pat
 def test_exif_orientation_is_applied_to_images_as_rotation_is_to_videos(tmp_path):
     from PIL import Image
 
-    from vidmini.sources import open_image
-    from vidmini.video.frames import FrameGeometry
+    from vidmini.inputs.sources import open_image
+    from vidmini.inputs.video.frames import FrameGeometry
 
     stored = Image.new("RGB", (300, 150), (0, 0, 255))
     stored.paste((255, 0, 0), (0, 0, 150, 150))  # stored: red left half, blue right half
@@ -941,7 +941,7 @@ def test_a_chapter_shorter_than_a_frame_is_refused_before_any_work(cli, tiny_che
 def test_chapters_never_outnumber_the_frames():
     import numpy as np
 
-    from vidmini.summarize import chapter_ranges
+    from vidmini.jobs.summarize import chapter_ranges
 
     times = np.arange(3600) + 0.5  # 1 h at 1 fps
     chapters = chapter_ranges(times, 3600.0, 1e-12)  # 3.6e15 chapters of 60 ps: one per frame, made in a blink

@@ -71,8 +71,8 @@ def test_projection_by_hand():
     """A card holds (size x 95 % - fixed) / slope frames, capped by the context: numbers worked out by hand."""
     from types import SimpleNamespace
 
-    from vidmini.capacity import projection
-    from vidmini.memory import GIB, MB
+    from vidmini.engine.capacity import projection
+    from vidmini.infra.memory import GIB, MB
 
     config = SimpleNamespace(max_position_embeddings=30000, compressor_size=1)
     fixed = int(24 * 0.95 * GIB) - 3600 * MB  # leaves exactly 3600 frames of 1 MiB on a 24 GB card
@@ -85,7 +85,7 @@ def test_projection_by_hand():
 def test_reported_projection_uses_the_measured_slope(profiled, tiny_checkpoint):
     from types import SimpleNamespace
 
-    from vidmini.capacity import projection
+    from vidmini.engine.capacity import projection
 
     memory = profiled[0]["memory"]
     config = json.loads((tiny_checkpoint / "config.json").read_text())

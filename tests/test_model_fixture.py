@@ -39,7 +39,7 @@ def maxdiff(a: torch.Tensor, b: np.ndarray) -> float:
 
 
 def test_loads_through_auto_class_with_every_key(model):
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+    from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
     assert isinstance(model, LlavaMiniForCausalLM)
     names = set(model.state_dict())
@@ -49,7 +49,7 @@ def test_loads_through_auto_class_with_every_key(model):
 
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_every_stage_matches_reference(model, reference, kind):
-    from vidmini.model.prefusion import FusionLayout
+    from vidmini.families.llava_mini.prefusion import FusionLayout
 
     ids, pv = inputs(reference, kind)
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_every_stage_matches_reference(model, reference, kind):
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_greedy_tokens_and_step_logits_match(model, reference, kind):
     """Both generation paths: transformers' `generate` (the HF contract) and the engine's prefill/decode."""
-    from vidmini.model.generate import decode, new_cache, prefill
+    from vidmini.engine.generate import decode, new_cache, prefill
 
     ids, pv = inputs(reference, kind)
     expected_ids = reference[f"{kind}_generated_ids"].tolist()

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidmini.model.compressor import Compressor, sincos_2d
-from vidmini.model.prefusion import FusionLayout
+from vidmini.families.llava_mini.compressor import Compressor, sincos_2d
+from vidmini.families.llava_mini.prefusion import FusionLayout
 
 
 def reference_compressor(comp: Compressor, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ def test_select_layer_runs_only_needed_layers():
 def test_stitch_parts_places_each_sub_image_in_the_raster():
     """Four 2x2 sub-images (row-major: top-left, top-right, bottom-left, bottom-right) into one 4x4 raster,
     worked out by hand: value = 10 * part + position in the part."""
-    from vidmini.model.llava_mini import stitch_parts
+    from vidmini.families.llava_mini.llava_mini import stitch_parts
 
     parts = torch.tensor([[10 * p + i for i in range(4)] for p in range(4)], dtype=torch.float32)  # [4, 4]
     raster = stitch_parts(parts.view(1, 4, 4, 1), 2)  # [1, 16, 1]
@@ -172,7 +172,7 @@ def test_hd_mode_stitches_sub_images():
 def test_normalize_is_bit_exact_with_the_reference_table_for_every_value(mean, std):
     """normalize computes in float32; the reference divides in float64 and rounds. Every uint8 value of every
     channel (all that can occur) gives the same float32."""
-    from vidmini.model.preprocess import normalization_table, normalize, pixel_stats
+    from vidmini.inputs.preprocess import normalization_table, normalize, pixel_stats
 
     every = torch.arange(256, dtype=torch.uint8).view(1, 16, 16, 1).expand(1, 16, 16, 3)  # [1, 16, 16, 3]
     got = normalize(every, pixel_stats(mean, std))  # [1, 3, 16, 16]

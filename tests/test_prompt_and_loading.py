@@ -19,7 +19,7 @@ def tokenizer():
 
 
 def test_prompt_is_the_reference_prompt(tokenizer):
-    from vidmini.model.prompt import SYSTEM_PROMPT, build_prompt_ids, prompt_text
+    from vidmini.families.llava_mini.prompt import SYSTEM_PROMPT, build_prompt_ids, prompt_text
 
     text = prompt_text(tokenizer, "What colour is the ball?")
     assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + SYSTEM_PROMPT)
@@ -36,7 +36,7 @@ def test_prompt_is_the_reference_prompt(tokenizer):
 def test_a_tokenizer_that_adds_no_bos_keeps_every_token_of_the_question(tokenizer):
     """SmolLM2's case: the template starts with the BOS text but the tokenizer adds no BOS of its own. The first
     token after <image> used to be dropped as if it were a BOS."""
-    from vidmini.model.prompt import tokenize_with_placeholder
+    from vidmini.families.llava_mini.prompt import tokenize_with_placeholder
 
     class NoBos:  # the tiny tokenizer, minus the BOS it adds
         bos_token_id = tokenizer.bos_token_id
@@ -54,7 +54,7 @@ def test_a_tokenizer_that_adds_no_bos_keeps_every_token_of_the_question(tokenize
 
 
 def test_placeholder_in_question_does_not_add_frames(tokenizer):
-    from vidmini.model.prompt import build_prompt_ids
+    from vidmini.families.llava_mini.prompt import build_prompt_ids
 
     assert build_prompt_ids(tokenizer, "is <image> here?").count(-200) == 1
 
@@ -100,7 +100,7 @@ def test_tower_loaded_from_mm_vision_tower_when_checkpoint_lacks_it(tmp_path):
 
 
 def test_released_tower_config_is_known_offline():
-    from vidmini.model.checkpoint import resolve_vision_config
+    from vidmini.families.llava_mini.checkpoint import resolve_vision_config
 
     config, processor = resolve_vision_config("openai/clip-vit-large-patch14-336", "ICTNLP/llava-mini-llama-3.1-8b", {})
     assert (config["hidden_size"], config["num_hidden_layers"], config["image_size"]) == (1024, 24, 336)
@@ -109,7 +109,7 @@ def test_released_tower_config_is_known_offline():
 
 def test_hub_id_offline_and_not_cached_says_how_to_fix(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
-    code = ("from vidmini.model.loading import locate_checkpoint, ModelLoadError\n"
+    code = ("from vidmini.families.loading import locate_checkpoint, ModelLoadError\n"
             "try:\n    locate_checkpoint('ICTNLP/llava-mini-llama-3.1-8b')\n"
             "except ModelLoadError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
@@ -118,7 +118,7 @@ def test_hub_id_offline_and_not_cached_says_how_to_fix(tmp_path):
 
 
 def test_missing_local_path_is_a_load_error():
-    from vidmini.model.loading import ModelLoadError, locate_checkpoint
+    from vidmini.families.loading import ModelLoadError, locate_checkpoint
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         locate_checkpoint("./no/such/model")
@@ -127,7 +127,7 @@ def test_missing_local_path_is_a_load_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="8-bit loading needs CUDA and bitsandbytes")
 def test_8bit_keeps_vision_parts_full_precision(tiny_checkpoint):
     pytest.importorskip("bitsandbytes")
-    from vidmini.model.loading import LoadOptions, load_model
+    from vidmini.families.loading import LoadOptions, load_model
 
     model, _ = load_model(LoadOptions(model=str(tiny_checkpoint), quantize="8bit"))
     assert model.model.compressor.attn.in_proj_weight.dtype != torch.int8
@@ -135,7 +135,7 @@ def test_8bit_keeps_vision_parts_full_precision(tiny_checkpoint):
 
 
 def test_quantize_without_cuda_is_a_clear_error():
-    from vidmini.model.loading import ModelLoadError, quantization_config
+    from vidmini.families.llava_mini.family import ModelLoadError, quantization_config
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -174,7 +174,7 @@ def _llama3_tokenizer():
                                          (_demo_tokenizer, "<|im_start|>assistant\n"),
                                          (_video_vlm_tokenizer, "assistant:")])
 def test_the_role_header_is_never_part_of_an_answer(make, header):
-    from vidmini.model.prompt import role_header_ids, without_role_header
+    from vidmini.engine.role_header import role_header_ids, without_role_header
 
     tokenizer = make()
     written = tokenizer(header + "A red star.", add_special_tokens=False).input_ids
@@ -187,8 +187,8 @@ def test_the_role_header_is_never_part_of_an_answer(make, header):
 
 
 def test_streamed_answers_lose_the_role_header_too(tiny_model, capsys):
-    from vidmini.ask import TextStreamer
-    from vidmini.engine import Engine, Query
+    from vidmini.jobs.ask import TextStreamer
+    from vidmini.engine.engine import Engine, Query
 
     model, tokenizer = tiny_model
     engine = Engine(model, tokenizer)

@@ -80,7 +80,7 @@ def test_an_address_where_nothing_answers_is_one_line_at_once(cli, tmp_path):
 
 def test_worker_plan():
     from vidmini.errors import UsageError
-    from vidmini.scale.ray import WorkerPlan, plan_workers
+    from vidmini.jobs.scale.ray import WorkerPlan, plan_workers
 
     assert plan_workers("auto", None, [2], 0) == WorkerPlan(1, "cpu", 2, 0)  # one per node, all its cores
     assert plan_workers("cpu", 2, [2], 0) == WorkerPlan(2, "cpu", 1, 0)
@@ -93,8 +93,8 @@ def test_worker_plan():
 
 
 def test_a_file_a_worker_cannot_open_gets_a_record_naming_the_workers_host(tmp_path):
-    from vidmini.scale.ray import unreadable_record
-    from vidmini.summarize import SummarizeOptions
+    from vidmini.jobs.scale.ray import unreadable_record
+    from vidmini.jobs.summarize import SummarizeOptions
 
     options = SummarizeOptions(max_new_tokens=2)
     missing = str(tmp_path / "mounted-only-on-the-driver.mp4")
@@ -106,11 +106,11 @@ def test_a_file_a_worker_cannot_open_gets_a_record_naming_the_workers_host(tmp_p
 
 def test_a_worker_that_cannot_load_the_model_says_where(tmp_path):
     """In process (no Ray): the actor's class keeps the load error for the driver, which exits 4 with it."""
-    from vidmini.engine import EngineOptions
+    from vidmini.engine.engine import EngineOptions
     from vidmini.errors import ModelLoadError
-    from vidmini.model.loading import LoadOptions
-    from vidmini.scale.ray import SummarizeWorker
-    from vidmini.summarize import SummarizeOptions
+    from vidmini.families.loading import LoadOptions
+    from vidmini.jobs.scale.ray import SummarizeWorker
+    from vidmini.jobs.summarize import SummarizeOptions
 
     import torch
 
@@ -128,7 +128,7 @@ def test_a_worker_that_cannot_load_the_model_says_where(tmp_path):
 
 def test_ray_init_does_not_take_sigterm_away(monkeypatch):
     """ray.init installs its own SIGTERM handler (sys.exit); vidmini's (stop like Ctrl-C, exit 143) must stay."""
-    from vidmini.scale.ray import connected
+    from vidmini.jobs.scale.ray import connected
 
     class FakeRay:
         def is_initialized(self):
@@ -208,12 +208,12 @@ def test_ray_gives_the_plain_report_even_when_a_worker_is_killed_mid_file(
         ray_cluster, tiny_checkpoint, videos, plain_report, tmp_path, cli, monkeypatch):
     """One record per file, errors recorded, the same content as without Ray, the same Markdown; a worker
     SIGKILLed while it holds a file costs that file one more try elsewhere, nothing else."""
-    import vidmini.summarize
+    import vidmini.jobs.summarize
 
     target = str(videos.resolve() / "long.mp4")
     sent: list[tuple[str, str]] = []
     seen: dict = {}
-    begin = vidmini.summarize.FolderProgress.begin
+    begin = vidmini.jobs.summarize.FolderProgress.begin
 
     def watch(self, path, worker=None):
         sent.append((path, worker))
@@ -222,7 +222,7 @@ def test_ray_gives_the_plain_report_even_when_a_worker_is_killed_mid_file(
             threading.Thread(target=_kill_when_it_holds, args=(seen["pid"], target, seen), daemon=True).start()
         begin(self, path, worker)
 
-    monkeypatch.setattr(vidmini.summarize.FolderProgress, "begin", watch)
+    monkeypatch.setattr(vidmini.jobs.summarize.FolderProgress, "begin", watch)
     out, md = tmp_path / "r.jsonl", tmp_path / "r.md"
     code, _, err = cli("summarize", videos, "--out", out, "--markdown", md, "--model", tiny_checkpoint, *FAST,
                        "--ray", "auto", "--workers", "2")
@@ -242,7 +242,7 @@ def test_ray_gives_the_plain_report_even_when_a_worker_is_killed_mid_file(
 @pytest.mark.slow
 def test_driver_killed_mid_run_then_rerun_with_ray_does_only_the_unfinished_files(
         ray_cluster, tiny_checkpoint, tmp_path, cli, monkeypatch):
-    import vidmini.summarize
+    import vidmini.jobs.summarize
     from vidmini.testing.videos import make_video
 
     root = tmp_path / "many"
@@ -263,8 +263,8 @@ def test_driver_killed_mid_run_then_rerun_with_ray_does_only_the_unfinished_file
     before = records(out)
     assert 2 <= len(before) < len(names), err.decode()
     sent = []
-    begin = vidmini.summarize.FolderProgress.begin
-    monkeypatch.setattr(vidmini.summarize.FolderProgress, "begin",
+    begin = vidmini.jobs.summarize.FolderProgress.begin
+    monkeypatch.setattr(vidmini.jobs.summarize.FolderProgress, "begin",
                         lambda self, path, worker=None: (sent.append(path), begin(self, path, worker)))
     code, _, err = cli("summarize", *args)
     assert code == 0, err

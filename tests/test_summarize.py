@@ -115,7 +115,7 @@ def test_chapter_ranges_default_and_explicit():
     """10-minute chapters by default above 20 minutes, none below; an explicit length; the last one short."""
     import numpy as np
 
-    from vidmini.summarize import chapter_ranges
+    from vidmini.jobs.summarize import chapter_ranges
 
     times = np.arange(1800) + 0.5  # a 30-minute video at 1 fps
     assert chapter_ranges(times, 1800.0, None) == [(0, 600, 0.0, 600.0), (600, 1200, 600.0, 1200.0),
@@ -133,20 +133,20 @@ def test_summary_and_chapters_come_from_one_decode_pass(tiny_checkpoint, tmp_pat
     import vidmini  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import vidmini.sources
-    from vidmini.engine import Engine, EngineOptions
-    from vidmini.summarize import SummarizeOptions, summarize_file
+    import vidmini.inputs.sources
+    from vidmini.engine.engine import Engine, EngineOptions
+    from vidmini.jobs.summarize import SummarizeOptions, summarize_file
     from vidmini.testing.videos import make_video
 
     path = make_video(str(tmp_path / "2min.mp4"), 120, fps=1.0)
     passes = []
 
-    class CountingStream(vidmini.sources.FrameStream):
+    class CountingStream(vidmini.inputs.sources.FrameStream):
         def __iter__(self):
             passes.append(self.info.path)
             return super().__iter__()
 
-    monkeypatch.setattr(vidmini.sources, "FrameStream", CountingStream)
+    monkeypatch.setattr(vidmini.inputs.sources, "FrameStream", CountingStream)
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     engine = Engine(model, AutoTokenizer.from_pretrained(tiny_checkpoint), EngineOptions(batch_size=32, max_new_tokens=3))
     record = summarize_file(engine, path, SummarizeOptions(chapter_minutes=0.5))

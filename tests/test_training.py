@@ -55,8 +55,8 @@ def test_pooled_frames_are_what_the_tower_computes_from_the_full_frame():
     from train.pool import pool_frame
     from train.vision import VisionStage
     from vidmini.demo.config import DemoSize
-    from vidmini.model.config import CLIP_MEAN, CLIP_STD
-    from vidmini.model.preprocess import normalize, pixel_stats
+    from vidmini.families.llava_mini.config import CLIP_MEAN, CLIP_STD
+    from vidmini.inputs.preprocess import normalize, pixel_stats
 
     torch.manual_seed(0)
     tower = VisionStage(DemoSize()).vision_tower.eval()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import corpus
-from vidmini.video import FrameStream, StreamOptions, VideoError, decode_all, make_plan, probe
-from vidmini.video.frames import model_frame
-from vidmini.video.pyav_decoder import to_rgb
+from vidmini.inputs.video import FrameStream, StreamOptions, VideoError, decode_all, make_plan, probe
+from vidmini.inputs.video.frames import model_frame
+from vidmini.inputs.video.pyav_decoder import to_rgb
 
 # name: (stream index, display w x h, rotation, frames sampled at 1 fps)
 READABLE = {

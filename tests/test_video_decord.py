@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import corpus
-from vidmini.video import FrameStream, StreamOptions, VideoError, choose_backend, decode_all, make_plan, probe
+from vidmini.inputs.video import FrameStream, StreamOptions, VideoError, choose_backend, decode_all, make_plan, probe
 
 decord = pytest.importorskip("decord")
 DECORD2 = int(decord.__version__.split(".")[0]) >= 1  # decord 0.6.x; decord2 started at 1.0
@@ -134,7 +134,7 @@ def test_auto_falls_back_to_pyav_when_decord_stalls(monkeypatch):
     """The fallback itself, made deterministic: decord's first wait times out (a real stall is timed in
     test_decord_stall_is_an_error_in_bounded_time; a 0.01 s watchdog alone was beaten by a quick decord start on an
     idle machine)."""
-    from vidmini.video import decord_decoder
+    from vidmini.inputs.video import decord_decoder
 
     def stalled(self, out, child, should_stop):
         raise decord_decoder.DecoderFailed(f"decord stalled: no frame for {self.stall_timeout_s:g} s")

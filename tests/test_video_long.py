@@ -7,7 +7,7 @@ import pytest
 
 from conftest import rss_mb
 from vidmini.testing.videos import read_index
-from vidmini.video import FrameStream, StreamOptions, make_plan, probe
+from vidmini.inputs.video import FrameStream, StreamOptions, make_plan, probe
 
 
 @pytest.mark.slow

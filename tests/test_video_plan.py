@@ -8,8 +8,8 @@ import pytest
 
 from conftest import FIXTURES
 from vidmini.errors import UsageError
-from vidmini.video.plan import make_plan, plan_time, reference_indices, segment_indices
-from vidmini.video.probe import VideoError, VideoInfo
+from vidmini.inputs.video.plan import make_plan, plan_time, reference_indices, segment_indices
+from vidmini.inputs.video.probe import VideoError, VideoInfo
 
 
 def info(duration, frames=None, fps=None, start=0.0):
@@ -67,7 +67,24 @@ def test_plan_key_is_stable_across_processes():
     import subprocess
     import sys
 
-    code = ("from vidmini.video.probe import VideoInfo; from vidmini.video.plan import plan_time; "
+    code = ("from vidmini.inputs.video.probe import VideoInfo; from vidmini.inputs.video.plan import plan_time; "
             "print(plan_time(VideoInfo('x.mp4', 'mp4', 0, 'h264', 64, 48, 0, 0.0, 10.0, 'container', None, None)).key())")
     keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert len(keys) == 1 and plan_time(info(10.0)).key() + "\n" in keys
+
+
+def test_reference_plan_past_the_last_frame_says_from_when_in_seconds(tmp_path):
+    """A reference-mode plan naming frames the file does not have: the warning's "from N s on" is the first
+    missing frame's time (its index over the frame rate), not its position in the plan."""
+    import numpy as np
+
+    from vidmini.testing.videos import make_video
+    from vidmini.inputs.video import StreamOptions, decode_all, probe
+    from vidmini.inputs.video.plan import SamplingPlan
+
+    info = probe(make_video(str(tmp_path / "ten.mp4"), 10.0, fps=2.0))  # 20 frames, 0.5 s apart
+    plan = SamplingPlan("reference", None, np.array([0, 4, 30, 40]), 1.0)
+    frames, stream = decode_all(info, plan, StreamOptions(decoder="pyav"))
+    assert len(frames) == 2 and stream.report.missing == 2
+    assert stream.report.first_missing_s == 15.0  # frame 30 at 2 fps; the plan position (2) would say 2.0
+    assert any("from 15.0 s on" in w for w in stream.report.warnings())

@@ -16,7 +16,7 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
 )
 
-from vidmini.backends.hf_video import FrameBudget, VideoBackend
+from vidmini.families.hf_video.backend import FrameBudget, VideoBackend
 
 VIDEO, IMAGE = 60, 61
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

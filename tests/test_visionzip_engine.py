@@ -21,7 +21,7 @@ def checkpoints(tmp_path_factory):
 
 
 def load(path, tokens_per_frame=None):
-    from vidmini.model.loading import LoadOptions, load_model
+    from vidmini.families.loading import LoadOptions, load_model
 
     return load_model(LoadOptions(path, "cpu", "float32", tokens_per_frame=tokens_per_frame))
 
@@ -70,7 +70,7 @@ def test_missing_preprocessor_is_one_line_exit_4(checkpoints, tmp_path, cli):
 
 
 def frames_for(backend, count=3):
-    from vidmini.video import StreamOptions, decode_all, make_plan, probe
+    from vidmini.inputs.video import StreamOptions, decode_all, make_plan, probe
 
     info = probe(str(SAMPLE))
     frames, _ = decode_all(info, make_plan(info, max_frames=count), StreamOptions(geometry=backend.geometry))
@@ -79,7 +79,7 @@ def frames_for(backend, count=3):
 
 def own_forward(backend, frames, question, max_new):
     """The model's own path: placeholders expanded as its processor does, pixel_values_videos, generate."""
-    from vidmini.model.preprocess import normalize, pixel_stats
+    from vidmini.inputs.preprocess import normalize, pixel_stats
 
     pv = normalize(torch.from_numpy(frames), pixel_stats(backend.image_mean, backend.image_std))
     prefix, suffix = backend.prompt(question)
@@ -94,9 +94,9 @@ def own_forward(backend, frames, question, max_new):
 
 
 def engine_forward(backend, tok, frames, question, max_new):
-    from vidmini.engine import Engine, EngineOptions, Query
-    from vidmini.model.generate import new_cache, prefill
-    from vidmini.video import FrameBatch
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.engine.generate import new_cache, prefill
+    from vidmini.inputs.video import FrameBatch
 
     engine = Engine(backend, tok, EngineOptions(batch_size=2, max_new_tokens=max_new, chunk=5))
     batch = FrameBatch(frames, np.arange(len(frames)) + 0.5, np.arange(len(frames)))
@@ -111,7 +111,7 @@ def engine_forward(backend, tok, frames, question, max_new):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("path", ["native", "reduced, every token kept"])
 def test_engine_with_every_token_equals_the_models_own_output(family, path, checkpoints, greedy_leads):
-    from vidmini.backends.hf_video import FrameBudget
+    from vidmini.families.hf_video.backend import FrameBudget
 
     backend, tok = load(checkpoints[family])
     if path != "native":
@@ -124,8 +124,8 @@ def test_engine_with_every_token_equals_the_models_own_output(family, path, chec
 
 
 def test_centre_crop_geometry_and_its_own_cache_entry(tmp_path):
-    from vidmini.cache import entry_key
-    from vidmini.video.frames import FrameGeometry, model_frame
+    from vidmini.inputs.cache import entry_key
+    from vidmini.inputs.video.frames import FrameGeometry, model_frame
 
     wide = np.zeros((4, 8, 3), np.uint8)
     wide[:, 2:6] = 200  # the centre square of a 4x8 picture

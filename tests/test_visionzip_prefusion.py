@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import FIXTURES, GREEDY_LEAD, REPO
 
-from vidmini.engine import Engine, EngineOptions, Query
-from vidmini.video import FrameBatch
+from vidmini.engine.engine import Engine, EngineOptions, Query
+from vidmini.inputs.video import FrameBatch
 
 SAMPLE = REPO / "sample_videos" / "scenes.mp4"
 
@@ -28,7 +28,7 @@ def run(model, tok, frames, prefusion_tokens, max_new=6, ids=None):
 
 @pytest.fixture(scope="module")
 def frames():
-    from vidmini.video import decode_all, make_plan, probe
+    from vidmini.inputs.video import decode_all, make_plan, probe
 
     info = probe(str(SAMPLE))
     return decode_all(info, make_plan(info, max_frames=5))[0]  # [5, 336, 336, 3]

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from train.clips import Catalogue, Clip, needle_length
 from train.common import LossLog, load, save, setup_threads
 from train.model import build_model, export, ours
-from vidmini.model.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
-from vidmini.model.preprocess import normalize, pixel_stats
-from vidmini.model.prompt import build_prompt_ids
+from vidmini.families.llava_mini.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
+from vidmini.inputs.preprocess import normalize, pixel_stats
+from vidmini.families.llava_mini.prompt import build_prompt_ids
 
 REPLY_HEADER = "<|im_start|>assistant\n"
 

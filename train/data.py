@@ -13,7 +13,7 @@ from vidmini.demo.render import draw_background, render, render_mask
 from vidmini.demo.timeline import Timeline
 from vidmini.demo.video import h264_roundtrip
 from vidmini.demo.world import COLOUR_NAMES, DIGITS, SHAPES, WORDS
-from vidmini.video.frames import squash
+from vidmini.inputs.video.frames import squash
 
 SIZES = [(336, 336), (320, 240), (640, 360), (480, 270), (256, 256), (160, 160), (224, 224), (400, 300), (192, 108),
          (128, 128), (540, 540)]

@@ -17,7 +17,7 @@ def build_model(size: DemoSize = DemoSize()):
     identity on the residual stream, so the prompt reaches the LLM unchanged at step 0, while the attention and
     MLP inputs already read the LLM's embedding space."""
     from vidmini.demo.checkpoint import fill_llm_weights, llm_config
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+    from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
     config = build_demo_config(llm_config(), size)
     model = LlavaMiniForCausalLM(config)

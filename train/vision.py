@@ -26,10 +26,10 @@ from train.data import HEADS, PATCH_KINDS
 from train.pool import make_shard
 from vidmini.demo.config import DemoSize, vision_config
 from vidmini.demo.world import COLOUR_NAMES
-from vidmini.model.compressor import Compressor
-from vidmini.model.config import CLIP_MEAN, CLIP_STD
-from vidmini.model.conv_vision import ConvVisionTower
-from vidmini.model.preprocess import normalize, pixel_stats
+from vidmini.families.llava_mini.compressor import Compressor
+from vidmini.families.llava_mini.config import CLIP_MEAN, CLIP_STD
+from vidmini.families.llava_mini.conv_vision import ConvVisionTower
+from vidmini.inputs.preprocess import normalize, pixel_stats
 
 HEAD_NAMES = list(HEADS)
 CELL_GROUPS = (("cell_shape", 1, 5), ("cell_digit", 5, 15), ("cell_word", 15, len(PATCH_KINDS)))

@@ -18,8 +18,9 @@ from typing import Optional
 import typer
 
 from vidmini import errors
-from vidmini.evidence import DEFAULT_MOMENTS
-from vidmini.questions import DEFAULT_MAX_QUESTION_TOKENS
+from vidmini.families.checkpoint_files import DEFAULT_MODEL
+from vidmini.engine.evidence import DEFAULT_MOMENTS
+from vidmini.inputs.questions import DEFAULT_MAX_QUESTION_TOKENS
 
 app = typer.Typer(
     name="vidmini",
@@ -117,8 +118,8 @@ EvidenceOpt = typer.Option(None, "--evidence", metavar="[N]", min=1, help="After
 
 
 def _probe_record(path: str, fps: float, max_frames, sampling: str, decoder: str) -> dict:
-    from vidmini.sources import Sampling, plan_video
-    from vidmini.video import choose_backend
+    from vidmini.inputs.sources import Sampling, plan_video
+    from vidmini.inputs.video import choose_backend
 
     record = {"path": path, "ok": False, "error": None}
     try:
@@ -191,8 +192,9 @@ def probe(
         raise typer.Exit(errors.BAD_INPUT)  # the reason is in each file's record
 
 
-ModelOpt = typer.Option("ICTNLP/llava-mini-llama-3.1-8b", "--model", envvar="VIDMINI_MODEL",
-                        help="Hugging Face Hub id or local folder of a LLaVA-Mini checkpoint.")
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", envvar="VIDMINI_MODEL",
+                        help="Hugging Face Hub id or local folder of a checkpoint (LLaVA-Mini, LLaVA-NeXT-Video, "
+                        "LLaVA-OneVision), or `demo`.")
 def _check_device(value: str) -> str:
     if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is None:
         raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
@@ -202,10 +204,19 @@ def _check_device(value: str) -> str:
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.", callback=_check_device)
 DtypeOpt = typer.Option(DtypeChoice.auto, "--dtype", help="auto = float16 on GPU, float32 on CPU.")
 QuantizeOpt = typer.Option(QuantizeChoice.none, "--quantize", help="bitsandbytes, CUDA only. Vision parts stay full precision.")
+# The options `ask` and `summarize` share, declared once.
+BatchSizeOpt = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory).")
+MaxNewTokensOpt = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens.")
+MaxQuestionTokensOpt = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer "
+                                    "questions: each question runs through pre-fusion with every frame, so its length "
+                                    "multiplies the work.")
+ProfileMemoryOpt = typer.Option(False, "--profile-memory", help="Measure memory per stage: on stderr and in --json "
+                                "(ask), in each record (summarize).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress display.")
 
 
 def _read_questions(questions: list[str]) -> list[str]:
-    from vidmini.questions import check_text, read_stdin
+    from vidmini.inputs.questions import check_text, read_stdin
 
     if questions:
         return check_text(questions)
@@ -231,9 +242,9 @@ def ask(
     end: Optional[float] = EndOpt,
     sampling: SamplingChoice = SamplingOpt,
     decoder: DecoderChoice = DecoderOpt,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory)."),
+    batch_size: Optional[int] = BatchSizeOpt,
     decode_workers: int = typer.Option(1, "--decode-workers", min=1, help="Decode time segments in N parallel threads (PyAV). 1 = one decoder using FFmpeg's own threads, which measured faster on 2 cores."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    max_new_tokens: int = MaxNewTokensOpt,
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, callback=_finite, help="0 = greedy (the reference's setting)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, callback=_finite, help="Nucleus sampling (with --temperature > 0)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=-(2**63), max=2**64 - 1, help="Seed for sampling."),
@@ -242,7 +253,7 @@ def ask(
     tokens_per_frame: Optional[int] = typer.Option(None, "--tokens-per-frame", min=1, help="LLaVA-NeXT-Video / LLaVA-OneVision: keep K tokens per frame by VisionZip (default: all of the model's own)."),
     prefusion_tokens: Optional[int] = typer.Option(None, "--prefusion-tokens", min=1, help="LLaVA-Mini: VisionZip keeps K of the 576 vision tokens for pre-fusion (faster; changes answers; off by default)."),
     json_out: bool = JsonOpt,
-    profile_memory: bool = typer.Option(False, "--profile-memory", help="Report memory per stage on stderr (and in --json)."),
+    profile_memory: bool = ProfileMemoryOpt,
     memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, callback=_finite, help="Seconds between CPU RSS samples with --profile-memory."),
     memory_snapshot: Optional[str] = typer.Option(None, "--memory-snapshot", help="CUDA: write the allocator history here (open it at pytorch.org/memory_viz)."),
     memory_plot: Optional[str] = typer.Option(None, "--memory-plot", help="Write a PNG of memory over time, stages shaded (needs matplotlib)."),
@@ -250,82 +261,58 @@ def ask(
     evidence_plot: Optional[str] = typer.Option(None, "--evidence-plot", metavar="FILE.png", help="Write a PNG of each answer's attention "
                                                 "over video time, its moments marked (implies --evidence; needs matplotlib)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (frames, batch, expected peak memory) from the config and the probe; load nothing."),
-    max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer questions: each question runs through pre-fusion with every frame, so its length multiplies the work."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    max_question_tokens: int = MaxQuestionTokensOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Answer QUESTIONS about VIDEO. Answers stream to stdout; progress and notes go to stderr.
 
     Several questions share one pass over the video. Decoded frames are cached, so asking again is fast.
     """
-    from vidmini.checkpoint_files import check_checkpoint
-    from vidmini.paths import check_input_file, is_image
+    from vidmini.families.checkpoint_files import check_checkpoint
+    from vidmini.inputs.paths import check_input_file, is_image
 
     sampling, decoder, dtype, quantize = sampling.value, decoder.value, dtype.value, quantize.value
     _check_range(start, end)
     _check_workers(decode_workers)
     # Everything a user can get wrong about the input and --model is refused here, before torch is imported.
     check_input_file(video, "image file" if is_image(video) else "video file")  # stat() only: in a blink
-    from vidmini.sources import Sampling, check_input
+    from vidmini.inputs.sources import Sampling, check_input
 
     sampling_opts = Sampling(sampling, fps, max_frames, start, end)
     check_input(video, sampling_opts)  # not a video, --start/--end outside it
     check_checkpoint(model)
     if dry_run:
-        from vidmini.memory_report import dry_run as plan_run
-        from vidmini.memory_report import print_dry_run
+        from vidmini.infra.memory_report import dry_run as plan_run
+        from vidmini.infra.memory_report import print_dry_run
 
         plan = plan_run(model, video, sampling_opts, dtype, quantize, device, batch_size, max_new_tokens,
-                        _read_questions(questions) if questions else [])
+                        _read_questions(questions) if questions else [], tokens_per_frame, prefusion_tokens)
         print(json.dumps(plan)) if json_out else print_dry_run(plan)
         return
     asked = _read_questions(questions or [])
-    from vidmini.outputs import check_memory_outputs
+    from vidmini.infra.memory_report import MemoryOutputs
 
-    memory_plot, memory_snapshot = _output_path(memory_plot), _output_path(memory_snapshot)
+    memory = MemoryOutputs(_output_path(memory_plot), _output_path(memory_snapshot))  # before the model loads
     evidence_plot = _output_path(evidence_plot)
-    check_memory_outputs(memory_plot, memory_snapshot)  # before the model loads, not after the work
     if evidence_plot is not None:
-        from vidmini.memory_report import check_plot_available
-        from vidmini.outputs import check_evidence_plot
+        from vidmini.infra.memory_report import check_plot_available
+        from vidmini.infra.outputs import check_evidence_plot
 
         check_evidence_plot(evidence_plot)
         check_plot_available("--evidence-plot")
         evidence = evidence or DEFAULT_MOMENTS
-    if memory_plot is not None:
-        from vidmini.memory_report import check_plot_available
+    from vidmini.jobs.ask import TextStreamer, ask_job
+    from vidmini.families.loading import LoadOptions
 
-        check_plot_available()
-        profile_memory = True
-    from vidmini.ask import TextStreamer, run_ask
-    from vidmini.memory import Recorder
-    from vidmini.model.loading import LoadOptions, check_before_load, load_model, pick_device
-
-    load = LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame)
-    check_before_load(load, max_new_tokens, prefusion_tokens)  # from the config, before the weights
-    if memory_snapshot is not None:
-        from vidmini.memory_report import start_snapshot
-
-        start_snapshot(pick_device(device))
-    recorder = Recorder(memory=profile_memory, device=pick_device(device), interval_s=memory_interval)
-    with recorder.stage("load"):
-        loaded, tokenizer = load_model(load)
-    result = run_ask(
-        loaded, tokenizer, video, asked, model_name=model,
-        sampling=sampling_opts, decoder=decoder, batch_size=batch_size, decode_workers=decode_workers,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
-        profile_memory=profile_memory, progress=not quiet, recorder=recorder, max_question_tokens=max_question_tokens,
-        prefusion_tokens=prefusion_tokens, evidence=evidence or 0,
+    result = ask_job(
+        LoadOptions(model, device, dtype, quantize, vision_fp32, tokens_per_frame), video, asked, memory,
+        profile_memory=profile_memory, memory_interval=memory_interval, max_new_tokens=max_new_tokens,
+        prefusion_tokens=prefusion_tokens, sampling=sampling_opts, decoder=decoder, batch_size=batch_size,
+        decode_workers=decode_workers, temperature=temperature, top_p=top_p, seed=seed, use_cache=not no_cache,
+        progress=not quiet, max_question_tokens=max_question_tokens, evidence=evidence or 0,
         evidence_plot=str(evidence_plot) if evidence_plot is not None else None,
         streamer=None if json_out else (lambda engine, queries: TextStreamer(engine, queries, len(queries) > 1)),
     )
-    if memory_plot is not None:
-        from vidmini.memory_report import write_plot
-
-        write_plot(recorder, str(memory_plot))
-    if memory_snapshot is not None:
-        from vidmini.memory_report import write_snapshot
-
-        write_snapshot(str(memory_snapshot))
     if json_out:
         print(json.dumps(result))
 
@@ -355,12 +342,12 @@ def summarize(
     fps: float = FpsOpt,
     max_frames: Optional[int] = MaxFramesOpt,
     decoder: DecoderChoice = DecoderOpt,
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch."),
-    max_question_tokens: int = typer.Option(DEFAULT_MAX_QUESTION_TOKENS, "--max-question-tokens", min=1, help="Refuse longer --question values, as ask does."),
-    profile_memory: bool = typer.Option(False, "--profile-memory", help="Memory figures in each record."),
+    max_new_tokens: int = MaxNewTokensOpt,
+    batch_size: Optional[int] = BatchSizeOpt,
+    max_question_tokens: int = MaxQuestionTokensOpt,
+    profile_memory: bool = ProfileMemoryOpt,
     evidence: Optional[int] = EvidenceOpt,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Summarize every video under PATHS into a JSON Lines report, one record per file as soon as it is done.
 
@@ -372,9 +359,9 @@ def summarize(
     --markdown a rendering vidmini wrote; otherwise exit 2 before any work (--force does not change this).
     One process writes a report at a time: a second summarize on the same --out exits 2 at once.
     """
-    from vidmini.outputs import check_summarize_outputs, lock_path, report_lock
-    from vidmini.report import write_markdown
-    from vidmini.summarize import SummarizeOptions, run_summarize, summary_line
+    from vidmini.infra.outputs import check_summarize_outputs, lock_path, report_lock
+    from vidmini.jobs.report import write_markdown
+    from vidmini.jobs.summarize import SummarizeOptions, summary_line
 
     decoder, dtype, quantize = decoder.value, dtype.value, quantize.value
     out, markdown = _output_path(out), _output_path(markdown)
@@ -388,7 +375,7 @@ def summarize(
         print(f"vidmini: rendered {count} record(s) to {markdown}", file=sys.stderr)
         return
     if ray_address is not None:
-        from vidmini.scale.ray import check_options
+        from vidmini.jobs.scale.ray import check_options
 
         check_options(devices, device)  # Ray missing, --devices or cuda:N: one line, exit 2
     elif workers is not None:
@@ -396,8 +383,8 @@ def summarize(
     _check_chapters(chapter_minutes, fps)
     check_summarize_outputs(out, markdown)  # before any work: a typo costs one line, never a file
     _check_summarize_inputs(paths)
-    from vidmini.checkpoint_files import check_checkpoint
-    from vidmini.questions import check_text
+    from vidmini.families.checkpoint_files import check_checkpoint
+    from vidmini.inputs.questions import check_text
 
     extra = check_text(list(question or []))  # as `ask` checks its questions: blank or not UTF-8 is exit 2
     check_checkpoint(model)
@@ -408,29 +395,13 @@ def summarize(
         batch_size=batch_size, profile_memory=profile_memory, model_name=model, outputs=outputs,
         max_question_tokens=max_question_tokens, evidence=evidence or 0)
     with report_lock(out):  # before torch is imported: a second run on the same report is refused at once
-        from vidmini.engine import EngineOptions, build_engine
-        from vidmini.model.loading import LoadOptions
+        from vidmini.families.loading import LoadOptions
+        from vidmini.jobs.placement import Placement, summarize_job
 
-        engine_options = EngineOptions(batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                       evidence=bool(evidence))  # checked by build_engine
-        if ray_address is not None:
-            from vidmini.scale.ray import RaySettings, run_on_ray
-
-            done, skipped, failed, earlier_failed = run_on_ray(
-                RaySettings(ray_address, workers), LoadOptions(model, device, dtype, quantize), engine_options,
-                profile_memory, paths, str(out), options, not quiet)
-        elif devices:
-            from vidmini.workers import run_on_devices
-
-            loads = [LoadOptions(model, d.strip(), dtype, quantize) for d in devices.split(",") if d.strip()]
-            done, skipped, failed, earlier_failed = run_on_devices(
-                loads, engine_options, profile_memory, paths, str(out), options, not quiet)
-        else:
-            load = LoadOptions(model, device, dtype, quantize)
-            done, skipped, failed, earlier_failed = run_summarize(
-                lambda: build_engine(load, engine_options, profile_memory, extra, options.max_question_tokens), paths,
-                str(out),
-                options, progress=not quiet)
+        placement = Placement(devices=[d.strip() for d in (devices or "").split(",") if d.strip()],
+                              ray_address=ray_address, workers=workers)
+        done, skipped, failed, earlier_failed = summarize_job(
+            LoadOptions(model, device, dtype, quantize), placement, paths, str(out), options, progress=not quiet)
         if markdown is not None:
             write_markdown(str(out), str(markdown))
     print(f"vidmini: {summary_line(str(out), done, skipped, failed, earlier_failed)}", file=sys.stderr)
@@ -440,7 +411,7 @@ def summarize(
 
 def _output_path(path: str | None) -> Path | None:
     """An output option as a Path, once it is known not to be a URL (Path would drop a slash of it)."""
-    from vidmini.paths import check_not_url
+    from vidmini.inputs.paths import check_not_url
 
     if path is None:
         return None
@@ -451,7 +422,7 @@ def _output_path(path: str | None) -> Path | None:
 def _check_summarize_inputs(paths: list[str]) -> None:
     """Each given path, before any work: a typo, a URL, a FIFO, socket or device (which would block the first
     open()) is one line; files and folders go on (a broken video becomes a failed record, not a stop)."""
-    from vidmini.paths import check_not_url, special_kind
+    from vidmini.inputs.paths import check_not_url, special_kind
 
     for path in paths:
         check_not_url(path, "the path of a video file or folder")
@@ -478,7 +449,7 @@ def cache_show(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vidmini import cache
+    from vidmini.inputs import cache
 
     root, found = cache.cache_root(), cache.entries()
     total, limit = sum(e["bytes"] for e in found), cache.limit_bytes()
@@ -498,7 +469,7 @@ def cache_clear(
     json_out: bool = JsonOpt,
 ) -> None:
     """Remove cache entries (all, or those unused for --older-than) and temp folders left by killed runs."""
-    from vidmini import cache
+    from vidmini.inputs import cache
 
     try:
         age = cache.parse_age(older_than) if older_than is not None else None
@@ -515,7 +486,7 @@ def cache_clear(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every outcome is an exit code. Errors are one line on stderr and, with --json, also one JSON
     object {"error", "exit_code"} on stdout, so a script reading stdout never has to parse stderr."""
-    from vidmini import signals
+    from vidmini.infra import signals
 
     argv = _optional_count(list(sys.argv[1:] if argv is None else argv), "--evidence", DEFAULT_MOMENTS)
     _accept_click_completion_names()
@@ -551,7 +522,7 @@ def _optional_count(argv: list[str], option: str, default: int) -> list[str]:
 
 
 def _interrupted(argv: list[str], cause: BaseException | None) -> int:
-    from vidmini.signals import interrupted
+    from vidmini.infra.signals import interrupted
 
     code, message = interrupted(cause)
     return _failed(argv, code, message)

@@ -1,4 +1,4 @@
-"""Exit codes and the one-line error contract (docs/design.md, CLI contract).
+"""Exit codes and the one-line error contract (docs/architecture.md, CLI contract).
 
 Every error a user can cause is a `VidminiError` subclass carrying its exit code; the CLI prints its message as one
 line. This module imports nothing of vidmini (everything imports it), so it can never close an import cycle.

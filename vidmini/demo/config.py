@@ -18,7 +18,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True)
 class DemoSize:
-    image_size: int = 336  # the pipeline's frame size (vidmini/video/frames.py SIZE)
+    image_size: int = 336  # the pipeline's frame size (vidmini/inputs/video/frames.py SIZE)
     pool: int = 2  # the frame is read at 168 px: glyphs stay legible, and training data is 4x smaller
     stem_channels: tuple[int, ...] = (32, 64, 128)  # stride-2 3x3 convolutions: 168 -> 84 -> 42 -> 21
     patch_size: int = 48  # one feature per 48 input pixels: a 7x7 grid (49 features), cheap for pre-fusion
@@ -32,8 +32,8 @@ class DemoSize:
 
 
 def vision_config(size: DemoSize) -> dict:
-    """vidmini/model/conv_vision.py's config."""
-    from vidmini.model.conv_vision import MODEL_TYPE
+    """vidmini/families/llava_mini/conv_vision.py's config."""
+    from vidmini.families.llava_mini.conv_vision import MODEL_TYPE
 
     return dict(model_type=MODEL_TYPE, image_size=size.image_size, pool=size.pool,
                 stem_channels=list(size.stem_channels), grid_convs=size.grid_convs,
@@ -44,7 +44,7 @@ def vision_config(size: DemoSize) -> dict:
 
 def build_demo_config(llm_config, size: DemoSize = DemoSize()):
     """A LlavaMiniConfig: the LLM's keys + the demo's vision sizes + where the LLM's weights come from."""
-    from vidmini.model.config import LlavaMiniConfig
+    from vidmini.families.llava_mini.config import LlavaMiniConfig
 
     llm = llm_config.to_dict()
     for key in ("model_type", "architectures", "quantization_config", "_name_or_path", "_model_name_or_path",

@@ -25,4 +25,3 @@ WORDS = [
     "KITCHEN", "MORNING", "BICYCLE", "PICTURE", "LIBRARY", "COUNTRY",
     "ELEPHANT", "MOUNTAIN", "SANDWICH", "QUESTION",
 ]
-KINDS = ["shape", "digit", "word"]

@@ -1,6 +1,6 @@
 """VisionZip (Yang et al., CVPR 2025): keep a few dominant vision tokens and merge the rest into contextual ones.
 
-Written from `docs/visionzip.md` (the spec); the reference's formulas are the contract, its code is not used.
+Written from the paper (docs/visionzip.md); the reference's formulas are the contract, its code is not used.
 
 Everything comes from ONE encoder layer, `layer` (default -2, the penultimate layer LLaVA takes its features from):
 

@@ -74,7 +74,7 @@ def build_config(size: str = "tiny", compressor_size: int = 1, vocab_size: int =
                  **overrides):
     """patch_size 14 is the released geometry (24x24 patches of 336); a coarser one (48: 7x7) keeps every code path
     and cuts the vision and pre-fusion work ~10x, for end-to-end tests that run thousands of frames."""
-    from vidmini.model.config import LlavaMiniConfig
+    from vidmini.families.llava_mini.config import LlavaMiniConfig
 
     s = SIZES[size]
     vision = dict(model_type="clip_vision_model", hidden_size=s.vision_hidden, intermediate_size=s.vision_intermediate,
@@ -126,7 +126,7 @@ def build_model(size: str = "tiny", compressor_size: int = 1, seed: int = 0, voc
     fp32 on the host would need 32 GB)."""
     import torch
 
-    from vidmini.model.llava_mini import LlavaMiniForCausalLM
+    from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
     config = build_config(size, compressor_size, vocab_size, patch_size, **overrides)
     previous = torch.get_default_dtype()

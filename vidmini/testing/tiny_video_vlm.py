@@ -39,7 +39,7 @@ def build_model(family: str, tok, seed: int = 0, text: dict | None = None, visio
     import torch
     from transformers import LlavaNextVideoConfig, LlavaOnevisionConfig
 
-    from vidmini.backends.hf_video import model_class
+    from vidmini.families.hf_video.backend import model_class
 
     size = image_size or FAMILIES[family][0]
     ids = dict(video_token_index=tok.convert_tokens_to_ids("<video>"),

@@ -1,0 +1,405 @@
+"""Qwen2.5-VL as a vidmini family, on a tiny random checkpoint in the Hub's layout (vidmini.testing.tiny_qwen2_5_vl).
+
+- preprocessing: the processor's steps, compared with transformers' Qwen2VLVideoProcessor where torchvision is
+  installed, and the patch layout against a patch-by-patch reading of the frames everywhere;
+- the vision tower unit by unit equals its whole-video encode;
+- M-RoPE positions equal the model's own get_rope_index, at several sampling rates and odd frame counts;
+- at K = native, logits of the streamed, chunked path within 1e-4 of the model's own forward over
+  pixel_values_videos, and greedy answers token for token the model's own `generate`;
+- at K < native, VisionZip keeps tokens that are the merger's own, each at its own place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from vidmini.families.qwen2_5_vl.family import FAMILY, QwenFrames, prompt_split
+from vidmini.families.qwen2_5_vl.preprocess import VideoSettings, normalize_frames, patchify, preprocess, smart_resize
+from vidmini.families.qwen2_5_vl.vision import UnitEncoder
+from vidmini.testing.tiny_qwen2_5_vl import processor_configs, write_checkpoint
+
+QUESTION = "What happens in this video?"
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory) -> str:
+    return write_checkpoint(str(tmp_path_factory.mktemp("qwen") / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_checkpoint):
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_checkpoint, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(qwen_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def settings(qwen_checkpoint) -> VideoSettings:
+    with open(os.path.join(qwen_checkpoint, "video_preprocessor_config.json")) as f:
+        return VideoSettings.from_config(json.load(f))
+
+
+def video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (frames, height, width, 3), dtype=torch.uint8, generator=gen)  # [T, H, W, 3]
+
+
+# ---- preprocessing ------------------------------------------------------------------------------------------------
+def test_smart_resize_by_hand():
+    # 1080p at the video processor's defaults: 1092 x 1932 is over 602112 pixels, so both sides scale by
+    # sqrt(1080 * 1920 / 602112) = 1.8557 and floor to multiples of 28: 20 * 28, 36 * 28.
+    assert smart_resize(1080, 1920, 28, 128 * 28 * 28, 768 * 28 * 28) == (560, 1008)
+    assert smart_resize(84, 112, 28, 56 * 56, 112 * 112) == (84, 112)  # already multiples, within bounds
+    assert smart_resize(20, 30, 28, 56 * 56, 112 * 112) == (56, 84)  # too small: scaled up, ceil
+    with pytest.raises(ValueError):
+        smart_resize(1, 300, 28, 56 * 56, 112 * 112)
+
+
+def test_patch_layout_reads_the_frames_patch_by_patch(settings):
+    pixels = normalize_frames(video(5, 56, 84).permute(0, 3, 1, 2).contiguous(), settings)  # [5, 3, 56, 84]
+    patches, (gt, gh, gw) = patchify(pixels, settings)
+    assert (gt, gh, gw) == (3, 4, 6)  # 5 frames -> 3 units, the last frame repeated
+    padded = torch.cat([pixels, pixels[-1:]])
+    p, m = settings.patch_size, settings.merge_size
+    row = 0
+    for t in range(gt):
+        for by in range(gh // m):
+            for bx in range(gw // m):
+                for iy in range(m):
+                    for ix in range(m):
+                        y, x = (by * m + iy) * p, (bx * m + ix) * p
+                        cube = padded[2 * t : 2 * t + 2, :, y : y + p, x : x + p].transpose(0, 1)  # [C, 2, p, p]
+                        assert torch.equal(patches[row], cube.flatten())
+                        row += 1
+    assert row == len(patches)
+
+
+@pytest.mark.parametrize("shape", [(7, 84, 112), (4, 100, 61), (5, 300, 200), (3, 31, 400)])
+def test_preprocess_equals_the_processor(shape):
+    """Bit for bit, resize included, on the CPU. Needs torchvision (the `qwen` extra) for the processor."""
+    pytest.importorskip("torchvision")
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    _, config = processor_configs()
+    processor = Qwen2VLVideoProcessor(**{k: v for k, v in config.items() if not k.endswith(("_type", "_class"))})
+    frames = video(*shape)
+    theirs = processor(videos=[frames.numpy()], return_tensors="pt", do_sample_frames=False,
+                       cap_pixels_per_frame=False)
+    ours, grid = preprocess(frames, VideoSettings.from_config(config))
+    assert torch.equal(grid, theirs["video_grid_thw"])
+    assert torch.equal(ours, theirs["pixel_values_videos"])
+
+
+# ---- the model's own forward, and ours -----------------------------------------------------------------------
+def own_inputs(model, tokenizer, frames: torch.Tensor, settings: VideoSettings, fps: float):
+    """What the processor hands the model for one video + question: input_ids with the pads expanded, etc."""
+    pixel_values, grid = preprocess(frames, settings)
+    prefix, suffix = prompt_split(tokenizer, model.config.video_token_id, QUESTION)
+    count = int(grid.prod()) // settings.merge_size**2
+    ids = torch.tensor([prefix + [model.config.video_token_id] * count + suffix])
+    return dict(input_ids=ids, pixel_values_videos=pixel_values, video_grid_thw=grid,
+                mm_token_type_ids=(ids == model.config.video_token_id).int() * 2,
+                second_per_grid_ts=torch.tensor([settings.temporal_patch_size / fps]))
+
+
+def streamed(frames_model: QwenFrames, frames: torch.Tensor, settings: VideoSettings, fps: float, batch: int):
+    """Units encoded `batch` frames at a time (frames already at the model's size), then (prefix, tokens, suffix
+    embeddings, positions) as the engine lays them out."""
+    from vidmini.families.interface import VideoSpan
+
+    chunks = [frames_model.encode(normalize_frames(frames[i : i + batch].permute(0, 3, 1, 2).contiguous(), settings),
+                                  None) for i in range(0, len(frames), batch)]
+    tokens = torch.cat([c.tokens for c in chunks])  # [U, K, H]
+    grid = torch.cat([c.grid for c in chunks]).flatten(0, 1)  # [U * K, 2]
+    units, k = tokens.shape[:2]
+    times = torch.arange(units * 2, dtype=torch.float64) / fps
+    times[len(frames):] = times[len(frames) - 1]  # the padding frame repeats the last one's time
+    prefix, suffix = frames_model.split(QUESTION)
+    positions = frames_model.positions(len(prefix), VideoSpan(units, k, 2, times, grid), 0)
+    return frames_model.embed(prefix), tokens.flatten(0, 1), frames_model.embed(suffix), positions
+
+
+def chunked_logits(frames_model, pieces, positions, chunk: int) -> torch.Tensor:
+    from transformers import DynamicCache
+
+    embeds = torch.cat(pieces)
+    cache, out = DynamicCache(config=frames_model.config), []
+    with torch.no_grad():
+        for start in range(0, len(embeds), chunk):
+            part = embeds[start : start + chunk]
+            out.append(frames_model.language_forward(inputs_embeds=part[None], cache=cache, logits_to_keep=0,
+                                                     position_ids=positions.ids(start, len(part), "cpu")).logits[0])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("frames,fps", [(7, 1.0), (6, 2.0), (3, 0.5)])
+def test_positions_are_the_models_own(qwen, settings, frames, fps):
+    model, tokenizer = qwen
+    clip = video(frames, 112, 112, seed=frames)
+    inputs = own_inputs(model, tokenizer, clip, settings, fps)
+    theirs, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                           video_grid_thw=inputs["video_grid_thw"],
+                                           second_per_grid_ts=inputs["second_per_grid_ts"])
+    *_, positions = streamed(QwenFrames(model, tokenizer, settings), clip, settings, fps, batch=2)
+    length = inputs["input_ids"].shape[1]
+    assert torch.equal(positions.ids(0, length, "cpu"), theirs)
+
+
+def test_units_encoded_apart_equal_the_whole_video(qwen, settings):
+    model, _ = qwen
+    pixel_values, grid = preprocess(video(8, 112, 112), settings)
+    with torch.no_grad():
+        whole = model.model.get_video_features(pixel_values, grid).pooler_output[0]  # [4 * 16, H]
+    encoder = UnitEncoder(model.model.visual, 8, 8)
+    per_unit = pixel_values.view(4, -1, pixel_values.shape[1])
+    apart = torch.cat([encoder(per_unit[u], 1).tokens[0] for u in range(4)])
+    assert (apart - whole).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("frames,fps,batch,chunk", [(7, 1.0, 2, 5), (6, 2.0, 4, 7), (9, 1.0, 6, 64)])
+def test_streamed_logits_equal_the_models_forward(qwen, settings, frames, fps, batch, chunk):
+    """K = native: every position's logits within 1e-4, for odd frame counts, units encoded a few at a time and the
+    prefill chunked across the video's boundaries."""
+    model, tokenizer = qwen
+    clip = video(frames, 112, 112, seed=frames)
+    with torch.no_grad():
+        theirs = model(**own_inputs(model, tokenizer, clip, settings, fps)).logits[0]  # [L, V]
+    frames_model = QwenFrames(model, tokenizer, settings)
+    *pieces, positions = streamed(frames_model, clip, settings, fps, batch)
+    ours = chunked_logits(frames_model, pieces, positions, chunk)
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def greedy_answer(frames_model, pieces, positions, max_new: int) -> list[int]:
+    """Prefill in chunks, then one token at a time at the positions the Positions give."""
+    from transformers import DynamicCache
+
+    embeds = torch.cat(pieces)
+    cache = DynamicCache(config=frames_model.config)
+    with torch.no_grad():
+        logits = None
+        for start in range(0, len(embeds), 8):
+            part = embeds[start : start + 8]
+            logits = frames_model.language_forward(inputs_embeds=part[None], cache=cache, logits_to_keep=1,
+                                                   position_ids=positions.ids(start, len(part), "cpu")).logits[0, -1]
+        tokens, at = [], len(embeds)
+        while len(tokens) < max_new and int(logits.argmax()) not in frames_model.eos_ids():
+            tokens.append(int(logits.argmax()))
+            step = frames_model.embed(tokens[-1:])
+            logits = frames_model.language_forward(inputs_embeds=step[None], cache=cache, logits_to_keep=1,
+                                                   position_ids=positions.ids(at, 1, "cpu")).logits[0, -1]
+            at += 1
+    return tokens
+
+
+@pytest.mark.parametrize("seed,frames", [(0, 5), (2, 5), (3, 5), (4, 5), (0, 16), (5, 23)])
+def test_greedy_tokens_equal_the_models_generate(qwen, settings, seed, frames):
+    """5 frames: the prompt's last position is its largest; 16 and 23: the video's last time position (4 per unit
+    at 1 fps) lies beyond the prompt's end, and the answer still continues from the prompt's last position."""
+    model, tokenizer = qwen
+    clip = video(frames, 112, 112, seed=seed)
+    inputs = own_inputs(model, tokenizer, clip, settings, 1.0)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
+    theirs = theirs[: next((i for i, t in enumerate(theirs) if t in model.generation_config.eos_token_id), None)]
+    frames_model = QwenFrames(model, tokenizer, settings)
+    *pieces, positions = streamed(frames_model, clip, settings, 1.0, batch=2)
+    assert greedy_answer(frames_model, pieces, positions, 12) == theirs
+    assert theirs  # a random model that stops at once would prove nothing
+
+
+# ---- VisionZip after the merger ------------------------------------------------------------------------------
+def test_scores_are_mapped_from_window_order_to_the_mergers_order(qwen, settings):
+    """VisionZip reads its scores and keys in the tower's window order; the order it maps them to must be the one
+    the tower gives its merged tokens in: the merger over the last hidden states (window order), so mapped, is
+    the tower's own output, unit by unit."""
+    model, _ = qwen
+    patches, (units, rows, cols) = patchify(normalize_frames(video(6, 84, 112).permute(0, 3, 1, 2).contiguous(),
+                                                             settings), settings)
+    encoder = UnitEncoder(model.model.visual, rows, cols)  # 3 x 4 merged: windows of 2 x 2 with padding
+    with torch.no_grad():
+        out = model.model.visual(patches, grid_thw=torch.tensor([[units, rows, cols]]))
+        merged = model.model.visual.merger(out.last_hidden_state).view(units, encoder.native, -1)
+    mapped = merged[:, encoder.raster_order()]
+    assert not torch.equal(encoder.raster_order(), torch.arange(encoder.native))  # the test means something
+    assert torch.equal(mapped, out.pooler_output.view(units, encoder.native, -1))
+
+
+def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, settings):
+    model, tokenizer = qwen
+    clip = normalize_frames(video(4, 112, 112).permute(0, 3, 1, 2).contiguous(), settings)
+    native = QwenFrames(model, tokenizer, settings).encode(clip, None)  # [2, 16, H]
+    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=4, settings=settings)
+    assert reduced.tokens_per_unit == 8  # 4 per frame, 2 frames per unit
+    out = reduced.encode(clip, None)
+    assert out.tokens.shape == (2, 8, native.tokens.shape[-1]) and out.grid.shape == (2, 8, 2)
+    dominant = 7  # round(8 * 54 / 64)
+    for u in range(2):
+        index = out.grid[u, :dominant, 0] * 4 + out.grid[u, :dominant, 1]
+        assert index.unique().numel() == dominant  # distinct places, raster order
+        assert torch.equal(index, index.sort().values)
+        assert torch.allclose(out.tokens[u, :dominant], native.tokens[u, index], atol=1e-6)
+
+
+# ---- through vidmini's engine and CLI ----------------------------------------------------------------------------
+SAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "sample_videos", "scenes.mp4")
+
+
+def sample_frames(frames_model, count: int):
+    """`count` frames of the sample video at 1 fps, decoded at the model's geometry, and their times."""
+    from vidmini.inputs.video import StreamOptions, decode_all, make_plan, probe
+
+    info = probe(SAMPLE)
+    frames, times = decode_all(info, make_plan(info, max_frames=count), StreamOptions(geometry=frames_model.geometry))
+    return frames, times  # [T, S, S, 3] uint8, [T] seconds
+
+
+@pytest.mark.parametrize("count", [7, 8])
+def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_checkpoint, settings, count,
+                                                                   greedy_leads):
+    """The whole engine: units held back and completed across batches of 3 frames, the buffer, the chunked prefill
+    at the family's positions, the decode. Odd and even frame counts."""
+    import numpy as np
+
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.engine.generate import new_cache, positioned, prefill
+    from vidmini.inputs.video import FrameBatch
+
+    model, tokenizer = qwen
+    frames_model = FAMILY.adapt(model, tokenizer, settings=settings)
+    frames, _ = sample_frames(frames_model, count)
+    fps = 1.0
+    inputs = own_inputs(model, tokenizer, torch.from_numpy(frames), settings, fps)
+    with torch.no_grad():
+        want_logits = model(**inputs).logits[0, -1]
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    want_tokens = out[0, inputs["input_ids"].shape[1] :].tolist()
+
+    engine = Engine(frames_model, tokenizer, EngineOptions(batch_size=3, max_new_tokens=6, chunk=5))
+    batch = FrameBatch(frames, np.arange(count) / fps + 0.5, np.arange(count))
+    encoded = engine.encode([batch], count, [Query(QUESTION)])
+    prefix, suffix = engine.frames.pieces(encoded, (0, None), count, 0)
+    positions = frames_model.positions(len(prefix), encoded.buffer.span(), 0)
+    cache = new_cache(frames_model, 1024)
+    logits = prefill(positioned(frames_model, positions), [prefix, encoded.buffer.frames(), suffix], cache, chunk=5)
+    assert (logits - want_logits).abs().max() < 1e-4
+    frames_model.eos_ids = lambda: set()  # all 6 steps, as generate(eos_token_id=None)
+    assert engine.answer(encoded, [Query(QUESTION)])[0] == want_tokens
+    assert min(greedy_leads) > 1e-4  # no pick that float noise could flip
+
+
+def test_ask_answers_with_and_without_visionzip(qwen_checkpoint, cli):
+    for k, per_unit in ((None, 16), (5, 10), (1, 2)):
+        extra = [] if k is None else ["--tokens-per-frame", k]
+        out = cli("ask", SAMPLE, "What colours?", "Where?", "--model", qwen_checkpoint, "--max-frames", 5,
+                  "--max-new-tokens", 3, "--json", "-q", *extra)
+        assert out.code == 0, out.stderr
+        result = out.json
+        assert result["frames_used"] == 5 and result["tokens_per_frame"] == per_unit / 2
+        assert [a["question"] for a in result["answers"]] == ["What colours?", "Where?"]
+        assert all(isinstance(a["answer"], str) for a in result["answers"])
+
+
+def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
+    plan = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--dry-run", "--json")
+    assert plan.code == 0, plan.stderr
+    assert plan.json["frames"] == 6 and plan.json["weights_bytes"] > 0
+    # 8 tokens per frame (16 per unit of 2): the buffer's 64 floats each + the KV cache's 2 layers x 2 heads x 16 x
+    # (k, v) floats; the 32768-position context holds 2048 units = 4096 frames.
+    assert plan.json["per_frame_bytes"] == 8 * (64 * 4 + 2 * 2 * 16 * 2 * 4)
+    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 4096
+    out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--max-new-tokens", 2, "--json",
+              "-q", "--profile-memory", "--tokens-per-frame", 3)
+    assert out.code == 0, out.stderr
+    memory = out.json["memory"]
+    assert {"vision_tower", "patch_embed", "merger", "llm"} <= set(memory["weights"])
+    hidden = 64 * 4  # tiny text hidden size, float32
+    assert memory["token_buffer"]["bytes_per_frame"] == 3 * hidden
+
+
+def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint, cli, tmp_path):
+    """Without its weights the checkpoint would fail to load (exit 4): these exit 2 from the config alone."""
+    import shutil
+
+    folder = shutil.copytree(qwen_checkpoint, tmp_path / "config-only", ignore=shutil.ignore_patterns("*.safetensors"))
+    too_many = cli("ask", SAMPLE, "What?", "--model", folder, "--tokens-per-frame", "9")
+    assert too_many.code == 2 and "has 8 tokens per frame" in too_many.stderr
+    other = cli("ask", SAMPLE, "What?", "--model", folder, "--prefusion-tokens", "8")
+    assert other.code == 2 and "--prefusion-tokens is for LLaVA-Mini" in other.stderr
+
+
+def test_evidence_is_refused_in_one_line(qwen_checkpoint, cli):
+    out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 2, "--max-new-tokens", 1,
+              "--evidence", "-q")
+    assert out.code == 2 and "M-RoPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_frame_side_from_the_checkpoints_processor_files(tmp_path):
+    from vidmini.families.qwen2_5_vl.family import frame_side, read_settings
+
+    # The Hub's layout: only the image processor's config, with a still image's budget -> the video budget.
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}))
+    assert frame_side(read_settings(str(tmp_path))) == 756  # 776 px would round to 784 > the budget: 27 * 28
+    # transformers 5's processor.save_pretrained: one processor_config.json, the video processor nested.
+    (tmp_path / "processor_config.json").write_text(json.dumps(
+        {"video_processor": {"size": {"shortest_edge": 3136, "longest_edge": 200 * 200}}}))
+    assert frame_side(read_settings(str(tmp_path))) == 196
+
+
+def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
+    """The files as the Hub's Qwen2.5-VL checkpoints have them (chat_template.json, the image processor's config
+    only): the same frames, prompt and answers as the folder transformers 5 writes."""
+    import shutil
+
+    hub = shutil.copytree(qwen_checkpoint, tmp_path / "hub")
+    template = (hub / "chat_template.jinja").read_text()
+    (hub / "chat_template.jinja").unlink()
+    (hub / "video_preprocessor_config.json").unlink()
+    (hub / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    args = [SAMPLE, "What colours?", "--max-frames", 4, "--max-new-tokens", 4, "--json", "-q"]
+    ours, theirs = cli("ask", "--model", qwen_checkpoint, *args), cli("ask", "--model", hub, *args)
+    assert ours.code == theirs.code == 0, theirs.stderr
+    assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 8
+
+
+def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path):
+    """Chapters of 15 frames: the second starts inside a unit of 2 frames; every chapter still answers."""
+    report = tmp_path / "r.jsonl"
+    out = cli("summarize", SAMPLE, "-o", report, "--model", qwen_checkpoint, "--chapter-minutes", 0.25,
+              "--max-new-tokens", 3, "-q")
+    assert out.code == 0, out.stderr
+    record = json.loads(report.read_text().splitlines()[0])
+    assert record["error"] is None and [c["frames"] for c in record["chapters"]] == [15, 15, 10]
+    assert all(isinstance(c["summary"], str) for c in record["chapters"])
+
+
+def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
+    """K < native: the buffer carries each kept token's place, and its position is (its unit's time, its row, its
+    column) as in the native layout."""
+    import numpy as np
+
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
+
+    model, tokenizer = qwen
+    native = FAMILY.adapt(model, tokenizer, settings=settings)
+    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=3, settings=settings)
+    frames, _ = sample_frames(native, 5)
+    positions = {}
+    for name, frames_model in (("native", native), ("reduced", reduced)):
+        engine = Engine(frames_model, tokenizer, EngineOptions(batch_size=4, max_new_tokens=2))
+        encoded = engine.encode([FrameBatch(frames, np.arange(5.0), np.arange(5))], 5, [Query(QUESTION)])
+        span = encoded.buffer.span()
+        ids = frames_model.positions(10, span, 0).ids(10, span.tokens, "cpu")[:, 0].T  # [N, 3]
+        positions[name] = {tuple(p) for p in ids.tolist()}
+        if name == "reduced":
+            assert span.tokens == 3 * 6 and torch.equal(ids[:, 1:] - 10, span.grid)  # 3 units of 6 tokens
+    assert positions["reduced"] <= positions["native"]  # every kept token sits where the model put it

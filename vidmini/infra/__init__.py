@@ -1,0 +1,2 @@
+"""Infrastructure: memory measurement and reports, output files and locks, signals, and the checked torch /
+transformers internals (docs/architecture.md)."""

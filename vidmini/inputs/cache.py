@@ -1,0 +1,478 @@
+"""A cache of decoded frames, so that a second question about the same video does not decode it again.
+
+What is cached is the question-independent input of the model: the sampled frames at the model's frame geometry
+(336x336 squashed for LLaVA-Mini; uint8), keyed by the file's identity (path, size, mtime), the sampling plan and
+the geometry (vidmini.inputs.video.frames.FrameGeometry). Everything after them (CLIP, pre-fusion) depends
+on the question and is recomputed, so answers are identical to a fresh run. Frames do not depend on the model,
+so the entry serves every model of the same frame geometry.
+
+The cache is an optimisation, so it is never fatal: a folder that cannot be written, a full disk, a damaged
+entry or a bad setting costs one warning and the video is decoded as if there were no cache.
+
+- Entries are written to a private temp folder and renamed into place when complete, so an interrupted run
+  leaves nothing half-written. A writer holds an exclusive lock on `<key>.lock` for as long as its temp folder
+  exists; a temp folder whose lock is free belongs to a writer that was killed, and the next writer removes it.
+- Every entry is verified before use: its metadata carries a checksum of itself, the frame file's size must
+  match the frame count, and a digest of sampled frames must match. A damaged entry is removed and rebuilt.
+- The whole cache stays under VIDMINI_CACHE_MAX_GB (default 8): least recently used entries are evicted to make
+  room; an entry larger than the cap is not cached at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from vidmini.inputs.paths import user_cache_dir
+from vidmini.inputs.video.frames import SIZE, DecodeReport, FrameBatch, FrameGeometry
+
+FRAME_BYTES = SIZE * SIZE * 3  # LLaVA-Mini's frames; other geometries: FrameGeometry.frame_bytes
+SQUASHED_336 = FrameGeometry()  # LLaVA-Mini's frame geometry, the default
+DEFAULT_LIMIT_GB = 8.0
+FORMAT = 2  # entries of another format are rebuilt
+OTHER_FORMAT = "written by another version of vidmini"
+
+_warned: set[str] = set()
+_KEY = re.compile(r"[0-9a-f]{20}")  # entry_key's shape: anything else in the cache folder is not ours to touch
+
+
+def warn_once(kind: str, message: str) -> None:
+    """One warning per kind of trouble per process: a full disk must not print a line per frame batch."""
+    if kind not in _warned:
+        _warned.add(kind)
+        print(f"vidmini: warning: {message}", file=sys.stderr, flush=True)
+
+
+def reset_warnings() -> None:
+    """For callers that run several commands in one process (tests)."""
+    _warned.clear()
+
+
+def cache_root() -> Path:
+    if os.environ.get("VIDMINI_CACHE_DIR"):
+        return Path(os.environ["VIDMINI_CACHE_DIR"])
+    return user_cache_dir() / "frames"
+
+
+def limit_bytes() -> int | None:
+    """The total size cap, or None (cache off, warned once) when VIDMINI_CACHE_MAX_GB is not a size."""
+    raw = os.environ.get("VIDMINI_CACHE_MAX_GB")
+    if raw is None:
+        return int(DEFAULT_LIMIT_GB * 1024**3)
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = math.nan
+    if not math.isfinite(gb) or gb < 0:
+        warn_once("limit", f"VIDMINI_CACHE_MAX_GB={raw!r} is not a size in GB (e.g. 8 or 0.5); "
+                           "answering without the frame cache")
+        return None
+    return int(gb * 1024**3)
+
+
+def entry_key(path: str, plan_key: str, geometry: FrameGeometry = SQUASHED_336) -> str:
+    stat = os.stat(path)
+    ident = f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{plan_key}|{geometry.key()}"
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def _cannot_write(root: Path, err: OSError) -> None:
+    if root.exists() and not root.is_dir():
+        why = f"{root} is a file, not a folder"
+    elif getattr(err, "errno", None) == 28:  # ENOSPC
+        why = f"the disk holding {root} is full"
+    else:
+        why = f"{root} cannot be written ({err.strerror or err})"
+    warn_once(f"write:{root}", f"frame cache not used: {why}; answering without it (VIDMINI_CACHE_DIR moves it)")
+
+
+# ---- verification -------------------------------------------------------------------------------------------
+def _checksum(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _sample_digest(fd: int, count: int, frame_bytes: int = FRAME_BYTES) -> str:
+    """A digest of the first, middle and last frames: catches a zeroed or rewritten file without reading GBs."""
+    digest = hashlib.sha256()
+    for index in sorted({0, count // 2, count - 1}):
+        digest.update(os.pread(fd, frame_bytes, index * frame_bytes))
+    return digest.hexdigest()
+
+
+def verify(meta_bytes: bytes, frames: BinaryIO, frame_bytes: int = FRAME_BYTES) -> tuple[dict | None, str | None]:
+    """(metadata, None) for a sound entry; (None, what is wrong) otherwise."""
+    try:
+        meta = json.loads(meta_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, "meta.json is not valid JSON"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None, OTHER_FORMAT
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    if meta.get("checksum") != _checksum(body):
+        return None, "meta.json does not match its checksum"
+    count = meta["count"]
+    if count < 1 or len(meta["times_s"]) != count or len(meta["positions"]) != count:
+        return None, "meta.json lists a wrong number of frames"
+    size = os.fstat(frames.fileno()).st_size
+    if size != count * frame_bytes:
+        return None, f"frames.u8 holds {size} bytes, {count * frame_bytes} expected"
+    if _sample_digest(frames.fileno(), count, frame_bytes) != meta["frames_digest"]:
+        return None, "frames.u8 does not match its checksum"
+    return meta, None
+
+
+@dataclass
+class _Entry:
+    meta: dict
+    frames: BinaryIO  # held open: an eviction by another process cannot pull the frames from under a reader
+
+
+# ---- one entry -----------------------------------------------------------------------------------------------
+class FrameCache:
+    def __init__(self, path: str, plan_key: str, root: Path | None = None, geometry: FrameGeometry = SQUASHED_336):
+        self.root = root or cache_root()
+        self.source = os.path.realpath(path)
+        self.plan_key = plan_key
+        self.geometry = geometry
+        self.key = entry_key(path, plan_key, geometry)
+        self.dir = self.root / self.key
+        self._entry: _Entry | None = None
+
+    # ---- reading ------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """A sound entry is there. A damaged one is removed with a warning, so the video is decoded again."""
+        if self._entry is None and limit_bytes() is not None:
+            self._entry = self._open()
+        return self._entry is not None
+
+    def _open(self) -> _Entry | None:
+        try:
+            if not self.dir.is_dir():
+                return None
+            meta_bytes = (self.dir / "meta.json").read_bytes()
+            frames = open(self.dir / "frames.u8", "rb")
+        except FileNotFoundError as err:
+            self._discard(f"{Path(err.filename).name} is missing")
+            return None
+        except OSError as err:
+            warn_once(f"read:{self.root}", f"cannot read the frame cache in {self.root} ({err.strerror or err}); "
+                                           "decoding instead")
+            return None
+        try:
+            meta, problem = verify(meta_bytes, frames, self.geometry.frame_bytes)
+        except (OSError, KeyError, TypeError) as err:
+            meta, problem = None, f"unreadable ({err})"
+        if problem is not None:
+            frames.close()
+            self._discard(problem)
+            return None
+        try:
+            os.utime(self.dir)  # the folder's mtime is the entry's last use, for least-recently-used eviction
+        except OSError:
+            pass  # a read-only cache still serves its entries
+        return _Entry(meta, frames)
+
+    def _discard(self, problem: str) -> None:
+        # Not once-only: each damaged entry is news (and is gone after this, so it cannot repeat).
+        if problem == OTHER_FORMAT:  # not damage: an upgrade; say so without alarming anyone
+            message = f"frame cache entry for {self.source} was {OTHER_FORMAT}; decoding again"
+        else:
+            message = f"warning: frame cache entry for {self.source} is damaged ({problem}); removing it and decoding again"
+        print(f"vidmini: {message}", file=sys.stderr, flush=True)
+        remove_entry(self.dir)
+
+    def meta(self) -> dict:
+        """The entry's metadata (call after exists() said yes)."""
+        assert self._entry is not None, "meta() of an entry that does not exist"
+        return self._entry.meta
+
+    def batches(self, batch_size: int) -> Iterator[FrameBatch]:
+        meta = self.meta()
+        count = meta["count"]
+        frames = np.memmap(self._entry.frames, dtype=np.uint8, mode="r", shape=(count, self.geometry.size, self.geometry.size, 3))
+        times, positions = np.asarray(meta["times_s"]), np.asarray(meta["positions"])
+        for lo in range(0, count, batch_size):
+            hi = min(count, lo + batch_size)
+            yield FrameBatch(np.array(frames[lo:hi]), times[lo:hi], positions[lo:hi])
+
+    def report(self) -> DecodeReport:
+        return DecodeReport(**self.meta()["report"])
+
+    @property
+    def size_bytes(self) -> int:
+        return _folder_bytes(self.dir)
+
+    # ---- writing ------------------------------------------------------------------------------------------
+    @contextmanager
+    def writer(self, expected_frames: int):
+        """Yields a CacheWriter, or None when nothing will be cached: the entry would exceed the cap, another
+        process writes it, or the cache cannot be written (warned once). The entry appears only if the block
+        finishes and `commit` succeeded. Trouble with the cache never raises out of here."""
+        slot = self._start(expected_frames)
+        if slot is None:
+            yield None
+            return
+        lock, writer = slot
+        try:
+            yield writer
+            if writer.committed:
+                self._publish(writer)
+        finally:
+            writer.close()
+            shutil.rmtree(writer.folder, ignore_errors=True)
+            _unlock(lock)
+
+    def _start(self, expected_frames: int):
+        limit = limit_bytes()
+        if limit is None or expected_frames * self.geometry.frame_bytes > limit:
+            return None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / f"{self.key}.lock", "w")
+        except OSError as err:
+            _cannot_write(self.root, err)
+            return None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return None
+        folder = None
+        try:
+            reap_orphans(self.root, own_key=self.key)
+            folder = Path(tempfile.mkdtemp(prefix=f".{self.key}-{os.getpid()}-", dir=self.root))
+            return lock, CacheWriter(folder, self)
+        except OSError as err:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            _unlock(lock)
+            _cannot_write(self.root, err)
+            return None
+
+    def _publish(self, writer: CacheWriter) -> None:
+        try:
+            make_room(self.root, writer.bytes, keep=self.key)
+            if self.dir.exists():
+                return  # a damaged entry we could not remove: keep answering, just without caching
+            os.replace(writer.folder, self.dir)
+        except OSError as err:
+            _cannot_write(self.root, err)
+
+
+class CacheWriter:
+    """Frames go to a temp folder as they stream by; a failed write (full disk) stops caching, not the answer."""
+
+    def __init__(self, folder: Path, cache: FrameCache):
+        self.folder = folder
+        self.cache = cache
+        self.file = open(folder / "frames.u8", "wb")
+        self.times: list[float] = []
+        self.positions: list[int] = []
+        self.bytes = 0
+        self.committed = False
+        self.failed = False
+
+    def add(self, batch: FrameBatch) -> None:
+        if self.failed:
+            return
+        try:
+            data = np.ascontiguousarray(batch.frames).tobytes()
+            self.file.write(data)
+        except OSError as err:
+            self._fail(err)
+            return
+        self.bytes += len(data)
+        self.times += batch.times_s.tolist()
+        self.positions += batch.positions.tolist()
+
+    def commit(self, report: DecodeReport) -> None:
+        if self.failed or not self.positions:
+            return
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            with open(self.folder / "frames.u8", "rb") as f:
+                digest = _sample_digest(f.fileno(), len(self.positions), self.cache.geometry.frame_bytes)
+            body = {"format": FORMAT, "source": self.cache.source, "plan_key": self.cache.plan_key,
+                    "count": len(self.positions), "times_s": self.times, "positions": self.positions,
+                    "report": dict(report.__dict__), "frames_digest": digest, "created": time.time()}
+            with open(self.folder / "meta.json", "w") as f:
+                f.write(json.dumps({**body, "checksum": _checksum(body)}))
+                f.flush()
+                os.fsync(f.fileno())
+            self.bytes = _folder_bytes(self.folder)
+            self.committed = True
+        except OSError as err:
+            self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        self.failed = True
+        self.close()
+        _cannot_write(self.cache.root, err)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass  # closing flushes; on a full disk that fails too, and the folder is removed anyway
+
+
+# ---- the whole cache ----------------------------------------------------------------------------------------
+def _folder_bytes(folder: Path) -> int:
+    try:
+        return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    except OSError:
+        return 0
+
+
+def _unlock(lock) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    finally:
+        lock.close()
+
+
+@contextmanager
+def _key_lock_if_free(root: Path, key: str):
+    """Yields True while holding `key`'s writer lock, False when another process holds it."""
+    try:
+        lock = open(root / f"{key}.lock", "a")
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _unlock(lock)
+
+
+def remove_entry(folder: Path) -> None:
+    """Rename out of the way first, so no reader ever sees a half-removed entry under the real name."""
+    trash = folder.with_name(f".{folder.name}-trash-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def reap_orphans(root: Path, own_key: str | None = None) -> int:
+    """Remove temp folders whose writer is gone (killed by SIGKILL or a power cut). A writer holds its key's
+    lock as long as its temp folder exists, so a folder whose lock is free has no owner. Returns how many."""
+    removed = 0
+    try:
+        temps = [p for p in root.iterdir() if p.name.startswith(".") and p.is_dir()]
+    except OSError:
+        return 0
+    for temp in temps:
+        key = temp.name[1:].split("-", 1)[0]
+        if not _KEY.fullmatch(key):
+            continue
+        if key == own_key:  # we hold this key's lock: any temp folder of it is a dead writer's
+            shutil.rmtree(temp, ignore_errors=True)
+            removed += 1
+            continue
+        with _key_lock_if_free(root, key) as free:
+            if free:
+                shutil.rmtree(temp, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def entries(root: Path | None = None) -> list[dict]:
+    """Every entry: key, source file, frames, bytes, last use (epoch s); least recently used first."""
+    root = root or cache_root()
+    found = []
+    try:
+        folders = [p for p in root.iterdir() if _KEY.fullmatch(p.name) and p.is_dir()]
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            meta = json.loads((folder / "meta.json").read_bytes())
+            source, count = meta.get("source"), meta.get("count")
+        except (OSError, ValueError, AttributeError):
+            source, count = None, None
+        try:
+            used = folder.stat().st_mtime
+        except OSError:
+            continue
+        found.append({"key": folder.name, "source": source, "frames": count, "bytes": _folder_bytes(folder),
+                      "last_used": used})
+    return sorted(found, key=lambda e: e["last_used"])
+
+
+def make_room(root: Path, incoming: int, keep: str | None = None) -> list[dict]:
+    """Evict least recently used entries until `incoming` more bytes fit under the cap. Returns the evicted."""
+    limit = limit_bytes()
+    if limit is None:
+        return []
+    present = [e for e in entries(root) if e["key"] != keep]
+    total = sum(e["bytes"] for e in present)
+    evicted = []
+    for entry in present:
+        if total + incoming <= limit:
+            break
+        remove_entry(root / entry["key"])
+        total -= entry["bytes"]
+        evicted.append(entry)
+    if evicted:
+        freed = sum(e["bytes"] for e in evicted) / 1e6
+        print(f"vidmini: frame cache: evicted {len(evicted)} least recently used entr{'y' if len(evicted) == 1 else 'ies'}"
+              f" ({freed:.1f} MB) to stay under VIDMINI_CACHE_MAX_GB", file=sys.stderr, flush=True)
+    return evicted
+
+
+def clear(root: Path | None = None, older_than_s: float | None = None) -> list[dict]:
+    """Remove entries (those unused for `older_than_s` seconds, or all) and dead writers' temp folders.
+    Returns the removed entries."""
+    root = root or cache_root()
+    now = time.time()
+    removed = []
+    for entry in entries(root):
+        if older_than_s is not None and now - entry["last_used"] < older_than_s:
+            continue
+        with _key_lock_if_free(root, entry["key"]) as free:
+            if free:  # never pull an entry from under a process that is (re)writing it
+                remove_entry(root / entry["key"])
+                removed.append(entry)
+    reap_orphans(root)
+    for lock in root.glob("*.lock") if root.is_dir() else []:
+        if _KEY.fullmatch(lock.stem) and not (root / lock.stem).exists():
+            with _key_lock_if_free(root, lock.stem) as free:
+                if free:
+                    lock.unlink(missing_ok=True)
+    return removed
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '3600s' or a bare number of days, in seconds. ValueError otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], None)
+    number = float(text[:-1] if scale else text)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(text)
+    return number * (scale or 86400)
