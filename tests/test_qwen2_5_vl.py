@@ -17,7 +17,7 @@ import os
 import pytest
 import torch
 
-from vidmini.families.qwen2_5_vl.family import FAMILY, QwenFrames, prompt_split
+from vidmini.families.qwen2_5_vl.family import FAMILY, QwenFrames, load_tokenizer, prompt_split
 from vidmini.families.qwen2_5_vl.preprocess import VideoSettings, normalize_frames, patchify, preprocess, smart_resize
 from vidmini.families.qwen2_5_vl.vision import UnitEncoder
 from vidmini.testing.tiny_qwen2_5_vl import processor_configs, write_checkpoint
@@ -335,10 +335,62 @@ def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint,
     assert other.code == 2 and "--prefusion-tokens is for LLaVA-Mini" in other.stderr
 
 
-def test_evidence_is_refused_in_one_line(qwen_checkpoint, cli):
-    out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 2, "--max-new-tokens", 1,
-              "--evidence", "-q")
-    assert out.code == 2 and "M-RoPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+@pytest.mark.parametrize("tokens_per_frame,count", [(None, 5), (3, 6)])
+def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qwen_checkpoint, settings,
+                                                                               tokens_per_frame, count):
+    """--evidence through the engine: the queries (the question's last position and the answer's fed-back tokens)
+    are rotated at the family's (time, row, column) positions by the decoder's own rotary embedding, and their
+    attention, re-scored from the KV cache, equals the eager attention of the text model over the whole sequence
+    at the same positions, per unit (the sum over its K tokens), per layer. Each frame of a unit gets its unit's
+    score and its own time; the padding frame of an odd count gets none."""
+    import numpy as np
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_checkpoint, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(qwen_checkpoint, "tiny")
+    frames_model = FAMILY.adapt(model, tokenizer, tokens_per_frame=tokens_per_frame, settings=settings)
+    frames, _ = sample_frames(frames_model, count)
+    max_new, times = 4, np.arange(count) * 1.5 + 0.25
+    engine = Engine(frames_model, tokenizer, EngineOptions(max_new_tokens=max_new, evidence=True, chunk=7,
+                                                           evidence_layers=(0, 1)))
+    frames_model.eos_ids = lambda: set()  # all steps: three fed-back tokens besides the question's last position
+    encoded = engine.encode([FrameBatch(frames, times, np.arange(count))], count, [Query(QUESTION)])
+    found = {}
+    tokens = engine.answer(encoded, [Query(QUESTION)], on_evidence=found.__setitem__)[0]
+    prefix, suffix = engine.frames.pieces(encoded, (0, None), count, 0)
+    video, k = encoded.buffer.frames(), frames_model.tokens_per_unit
+    units = len(video) // k
+    sequence = torch.cat([prefix, video, suffix, frames_model.embed(tokens[: max_new - 1])])  # [L, H]
+    positions = frames_model.positions(len(prefix), encoded.buffer.span(), 0).ids(0, len(sequence), "cpu")
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = model.get_decoder()(inputs_embeds=sequence[None], position_ids=positions,
+                                      output_attentions=True).attentions
+    first, n = len(prefix), max_new  # queries: the question's last position and the fed-back tokens
+    per_unit = [w[0, :, :, first : first + units * k].unflatten(-1, (units, k)).sum(-1).mean(0) for w in weights]
+    expected = torch.stack([p[-n:].mean(0) for p in per_unit])  # [layers, units]
+    baseline = torch.stack([p[first + units * k] for p in per_unit])  # the first position after the frames
+    per_frame = torch.arange(count) // 2  # each frame's unit
+    assert (found[0].answer - expected[:, per_frame]).abs().max() < 1e-5
+    assert (found[0].baseline - baseline[:, per_frame]).abs().max() < 1e-5
+    assert found[0].times.tolist() == times.tolist()
+    assert expected.std(-1).min() > 1e-3  # the units are told apart: a uniform attention would prove little
+
+
+def test_ask_evidence_json(qwen_checkpoint, cli):
+    from vidmini.inputs.video import probe
+
+    out = cli("ask", SAMPLE, "What colours?", "Where?", "--model", qwen_checkpoint, "--max-frames", 7,
+              "--max-new-tokens", 3, "--json", "-q", "--evidence", 2)
+    assert out.code == 0, out.stderr
+    duration = probe(SAMPLE).duration_s
+    for answer in out.json["answers"]:
+        assert 1 <= len(answer["evidence"]) <= 2
+        for m in answer["evidence"]:
+            assert 0 <= m["start_s"] <= m["end_s"] <= duration and 0 < m["score"] <= 1
 
 
 def test_frame_side_from_the_checkpoints_processor_files(tmp_path):

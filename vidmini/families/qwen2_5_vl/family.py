@@ -168,10 +168,9 @@ class QwenFrames(FrameModel):
         return self.model.get_input_embeddings()
 
     def get_decoder(self):
-        """Only --evidence asks for it, and its re-scoring (vidmini.engine.relevance) reads 1-D positions from the
-        decoder layers' arguments and rotates queries with 1-D RoPE; Qwen's layers get M-RoPE and no 1-D ids."""
-        raise UsageError("--evidence does not support Qwen2.5-VL yet (its attention is re-scored with 1-D RoPE "
-                         "positions; this model uses M-RoPE)")
+        """The text model (its layers and M-RoPE rotary embedding): --evidence re-scores its attention at the
+        positions `positions` gives."""
+        return self.model.get_decoder()
 
     def eos_ids(self) -> set[int]:
         """The generation config's (Qwen's list <|im_end|> and <|endoftext|>), else the tokenizer's end of turn."""
