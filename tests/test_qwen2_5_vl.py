@@ -380,6 +380,25 @@ def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qw
     assert expected.std(-1).min() > 1e-3  # the units are told apart: a uniform attention would prove little
 
 
+def test_a_rotation_that_wants_more_than_q_k_cos_sin_fails_loudly(monkeypatch):
+    """Qwen2.5-VL's 4.x code rotated with apply_multimodal_rotary_pos_emb(q, k, cos, sin, mrope_section); a module
+    whose rotation wants more than (q, k, cos, sin), or has none, is refused before any query is scored."""
+    import sys
+    import types
+
+    from vidmini.infra.internals import InternalsChanged, rotary_function
+
+    old = types.ModuleType("old_qwen")
+    old.apply_rotary_pos_emb = lambda q, k, cos, sin, mrope_section, unsqueeze_dim=1: (q, k)
+    monkeypatch.setitem(sys.modules, "old_qwen", old)
+    attention = type("Attention", (), {"__module__": "old_qwen"})()
+    with pytest.raises(InternalsChanged, match="mrope_section"):
+        rotary_function(attention)
+    del old.apply_rotary_pos_emb
+    with pytest.raises(InternalsChanged, match="nothing"):
+        rotary_function(attention)
+
+
 def test_ask_evidence_json(qwen_checkpoint, cli):
     from vidmini.inputs.video import probe
 
