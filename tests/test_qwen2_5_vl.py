@@ -321,7 +321,11 @@ def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
     memory = out.json["memory"]
     assert {"vision_tower", "patch_embed", "merger", "llm"} <= set(memory["weights"])
     hidden = 64 * 4  # tiny text hidden size, float32
-    assert memory["token_buffer"]["bytes_per_frame"] == 3 * hidden
+    buffer = memory["token_buffer"]
+    assert buffer["bytes_per_frame"] == 3 * hidden
+    # 6 frames in 3 units of 2: the buffer is counted in frames, in the JSON and in the text
+    assert buffer["capacity_frames"] == 6 and buffer["bytes"] == 6 * buffer["bytes_per_frame"]
+    assert f"{buffer['bytes'] / 2**20:.1f} MB for 6 frames" in out.stderr
 
 
 def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint, cli, tmp_path):

@@ -75,6 +75,11 @@ class TokenBuffer:
         return self.count * self.frames_per_unit - self.padding
 
     @property
+    def frame_capacity(self) -> int:
+        """Frames the buffer holds: `capacity` counts units."""
+        return self.capacity * self.frames_per_unit
+
+    @property
     def tokens_per_frame(self) -> int:
         """K when a unit is one frame (every family but the multi-frame ones, which read tokens_per_unit)."""
         return self.tokens_per_unit
@@ -85,7 +90,7 @@ class TokenBuffer:
         all)."""
         n, t, f = tokens.shape[0], self.tokens_per_unit, self.frames_per_unit
         if self.count + n > self.capacity:
-            raise RuntimeError(f"token buffer full ({self.capacity} frames)")
+            raise RuntimeError(f"token buffer full ({self.frame_capacity} frames)")
         self.data[self.count * t : (self.count + n) * t] = tokens.reshape(n * t, -1)
         if times is not None:
             self.times[self.count * f : (self.count + n) * f] = torch.as_tensor(times, dtype=torch.float64)
