@@ -163,14 +163,15 @@ class FrameModel(ABC):
         """What a unit costs, for vidmini.engine.capacity (the LLM config, K, the vision and fusion work per unit)."""
 
     @property
-    @abstractmethod
     def device(self) -> torch.device:
-        """Where the weights are."""
+        """Where the weights are: the LLM's token embedding's device (every family keeps one device)."""
+        return self.get_input_embeddings().weight.device
 
     @property
-    @abstractmethod
     def compute_dtype(self) -> torch.dtype:
-        """The LLM's dtype: the token buffer and the KV cache hold it."""
+        """The LLM's dtype: the token buffer and the KV cache hold it. The token embedding's, which stays in the
+        LLM's dtype where other parts differ (--vision-fp32) or are quantized (--quantize)."""
+        return self.get_input_embeddings().weight.dtype
 
     # ---- the prompt --------------------------------------------------------------------------------------------
     @abstractmethod

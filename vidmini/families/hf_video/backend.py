@@ -100,14 +100,6 @@ class VideoBackend(FrameModel):
     native_tokens_per_unit = property(lambda self: self.native_tokens_per_frame)
 
     @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    @property
     def shape(self) -> capacity.FrameShape:
         return frame_shape(self.model.config, self.tokens_per_frame)
 

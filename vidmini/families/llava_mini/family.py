@@ -67,8 +67,6 @@ class MiniFrames(FrameModel):
     tokens_per_unit = property(lambda self: capacity.tokens_per_frame(self.config))
     native_tokens_per_unit = tokens_per_unit
     shape = property(lambda self: frame_shape(self.config, self.prefusion_tokens))
-    device = property(lambda self: self.model.device)
-    compute_dtype = property(lambda self: self.model.compute_dtype)
 
     def prompt_ids(self, question: str) -> list[int]:
         return build_prompt_ids(self.tokenizer, question)

@@ -118,14 +118,6 @@ class QwenFrames(FrameModel):
     def shape(self) -> capacity.FrameShape:
         return unit_shape(self.config, self.settings, self.tokens_per_unit)
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.model.dtype  # one dtype throughout: --vision-fp32 is refused for this family
-
     # ---- the prompt ------------------------------------------------------------------------------------------
     def split(self, question: str) -> tuple[list[int], list[int]]:
         if question not in self._prompts:
