@@ -17,6 +17,7 @@ import os
 import pytest
 import torch
 
+from vidmini.families.interface import LoadOptions
 from vidmini.families.qwen2_5_vl.family import FAMILY, QwenFrames, load_tokenizer, prompt_split
 from vidmini.families.qwen2_5_vl.preprocess import VideoSettings, normalize_frames, patchify, preprocess, smart_resize
 from vidmini.families.qwen2_5_vl.vision import UnitEncoder
@@ -232,11 +233,11 @@ def test_scores_are_mapped_from_window_order_to_the_mergers_order(qwen, settings
     assert torch.equal(mapped, out.pooler_output.view(units, encoder.native, -1))
 
 
-def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, settings):
+def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, qwen_checkpoint, settings):
     model, tokenizer = qwen
     clip = normalize_frames(video(4, 112, 112).permute(0, 3, 1, 2).contiguous(), settings)
     native = QwenFrames(model, tokenizer, settings).encode(clip, None)  # [2, 16, H]
-    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=4, settings=settings)
+    reduced = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint, tokens_per_frame=4))
     assert reduced.tokens_per_unit == 8  # 4 per frame, 2 frames per unit
     out = reduced.encode(clip, None)
     assert out.tokens.shape == (2, 8, native.tokens.shape[-1]) and out.grid.shape == (2, 8, 2)
@@ -273,7 +274,7 @@ def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_ch
     from vidmini.inputs.video import FrameBatch
 
     model, tokenizer = qwen
-    frames_model = FAMILY.adapt(model, tokenizer, settings=settings)
+    frames_model = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint))
     frames, _ = sample_frames(frames_model, count)
     fps = 1.0
     inputs = own_inputs(model, tokenizer, torch.from_numpy(frames), settings, fps)
@@ -340,8 +341,8 @@ def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint,
 
 
 @pytest.mark.parametrize("tokens_per_frame,count", [(None, 5), (3, 6)])
-def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qwen_checkpoint, settings,
-                                                                               tokens_per_frame, count):
+def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qwen_checkpoint, tokens_per_frame,
+                                                                               count):
     """--evidence through the engine: the queries (the question's last position and the answer's fed-back tokens)
     are rotated at the family's (time, row, column) positions by the decoder's own rotary embedding, and their
     attention, re-scored from the KV cache, equals the eager attention of the text model over the whole sequence
@@ -355,7 +356,7 @@ def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qw
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_checkpoint, dtype=torch.float32).eval()
     tokenizer = load_tokenizer(qwen_checkpoint, "tiny")
-    frames_model = FAMILY.adapt(model, tokenizer, tokens_per_frame=tokens_per_frame, settings=settings)
+    frames_model = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint, tokens_per_frame=tokens_per_frame))
     frames, _ = sample_frames(frames_model, count)
     max_new, times = 4, np.arange(count) * 1.5 + 0.25
     engine = Engine(frames_model, tokenizer, EngineOptions(max_new_tokens=max_new, evidence=True, chunk=7,
@@ -456,7 +457,7 @@ def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path)
     assert all(isinstance(c["summary"], str) for c in record["chapters"])
 
 
-def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
+def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, qwen_checkpoint):
     """K < native: the buffer carries each kept token's place, and its position is (its unit's time, its row, its
     column) as in the native layout."""
     import numpy as np
@@ -465,8 +466,8 @@ def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
     from vidmini.inputs.video import FrameBatch
 
     model, tokenizer = qwen
-    native = FAMILY.adapt(model, tokenizer, settings=settings)
-    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=3, settings=settings)
+    native = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint))
+    reduced = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint, tokens_per_frame=3))
     frames, _ = sample_frames(native, 5)
     positions = {}
     for name, frames_model in (("native", native), ("reduced", reduced)):

@@ -201,7 +201,7 @@ class Frames:
 class Engine:
     def __init__(self, model, tokenizer, options: EngineOptions | None = None, recorder: Recorder | None = None):
         self.options = options or EngineOptions()
-        self.model = adapt(model, tokenizer, self.options.prefusion_tokens)  # vidmini.families.registry
+        self.model = adapt(model, tokenizer, prefusion_tokens=self.options.prefusion_tokens)  # families.registry
         self.tokenizer = tokenizer
         self.device = self.model.device
         self.dtype = self.model.compute_dtype

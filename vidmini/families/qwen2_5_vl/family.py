@@ -238,14 +238,15 @@ class QwenFamily(Family):
         model.to(device).eval()
         return QwenFrames(model, tokenizer, settings, keep), tokenizer
 
-    def adapt(self, model, tokenizer, prefusion_tokens: int | None = None, tokens_per_frame: int | None = None,
-              settings: VideoSettings | None = None) -> FrameModel:
+    def adapt(self, model, tokenizer, options=None, prefusion_tokens: int | None = None) -> FrameModel:
         if isinstance(model, FrameModel):
             return model
         if prefusion_tokens is not None:
             raise UsageError("--prefusion-tokens is for LLaVA-Mini; this model is Qwen2.5-VL (use --tokens-per-frame)")
-        settings = settings or VideoSettings()
-        return QwenFrames(model, tokenizer, settings, unit_budget(tokens_per_frame, settings, "the model"))
+        folder = options.folder() if options is not None else None
+        settings = read_settings(folder) if folder else VideoSettings()  # the processor's defaults otherwise
+        keep = unit_budget(options.tokens_per_frame, settings, options.model) if options is not None else None
+        return QwenFrames(model, tokenizer, settings, keep)
 
     def meta_model(self, folder: str) -> QwenFrames:
         from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
