@@ -20,8 +20,9 @@ def test_rescored_attention_equals_the_eager_attention_weights():
     """Rows captured by the hooks and scored against the cache give exactly the attention the model computes,
     summed over each frame's K tokens (here 4), averaged over heads (and over the query positions), per layer:
     for the queries and for the baseline position right after the frames."""
-    from vidmini.engine.generate import decode_step, new_cache, prefill
+    from vidmini.engine.generate import decode_step, new_cache, positioned, prefill
     from vidmini.engine.relevance import QueryCapture
+    from vidmini.families.interface import LinearPositions
     from vidmini.testing.tiny_checkpoint import build_model
 
     torch.manual_seed(0)
@@ -35,10 +36,11 @@ def test_rescored_attention_equals_the_eager_attention_weights():
     after = 3 + 24  # the first position after the frames
     with torch.no_grad():
         prefill(model, [prefix, frames], cache, chunk=5)
+        llm = positioned(model, LinearPositions(), capture.at)  # as the engine calls it: each step's cache index
         with capture.recording(after):
-            prefill(model, [suffix], cache, chunk=3, start=cache.length)  # two chunks: the baseline is in the first
+            prefill(llm, [suffix], cache, chunk=3, start=cache.length)  # two chunks: the baseline is in the first
             for token in generated:
-                decode_step(model, token, cache.length, cache)
+                decode_step(llm, token, cache.length, cache)
         ours = capture.frame_attention(cache, first=3, frames=6, per_frame=4, queries_from=after + 3)  # [2, 2, 6]
         model.set_attn_implementation("eager")
         sequence = torch.cat([prefix, frames, suffix, embed(torch.tensor(generated))])[None]

@@ -42,3 +42,29 @@ def test_every_registered_type_names_a_family_that_loads(checkpoints):
         family = registry.family(model_type)
         assert isinstance(family, Family) and model_type in family.model_types
         assert model_type in registry.NAMES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapt_takes_the_load_options(family, checkpoints, tiny_model):
+    """A model built elsewhere, adapted with the load options, is the frame model `load` gives: its
+    --tokens-per-frame and the checkpoint folder's processor settings; an option not for the family is refused as
+    the dry run refuses it."""
+    from vidmini.errors import UsageError
+    from vidmini.families.hf_video.backend import load_tokenizer, model_class
+    from vidmini.families.interface import LoadOptions
+    from vidmini.families.loading import load_model
+    from vidmini.families.registry import adapt
+
+    folder = checkpoints[family]
+    options = LoadOptions(folder, "cpu", "float32", tokens_per_frame=3)
+    loaded, _ = load_model(options)
+    model = model_class(family).from_pretrained(folder)
+    adapted = adapt(model, load_tokenizer(folder, folder), options)
+    assert adapted is not model and adapted.tokens_per_unit == loaded.tokens_per_unit == 3
+    assert (adapted.geometry, adapted.image_mean, adapted.image_std) == \
+        (loaded.geometry, loaded.image_mean, loaded.image_std)
+    assert adapt(model, None).tokens_per_unit == loaded.native_tokens_per_unit  # no options: the defaults
+    with pytest.raises(UsageError, match=f"has {loaded.native_tokens_per_unit} tokens per frame"):
+        adapt(model, None, LoadOptions(folder, tokens_per_frame=10_000))
+    with pytest.raises(UsageError, match="--tokens-per-frame is for the other video VLMs"):
+        adapt(tiny_model[0], tiny_model[1], LoadOptions(tokens_per_frame=3))

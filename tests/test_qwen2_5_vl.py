@@ -17,7 +17,8 @@ import os
 import pytest
 import torch
 
-from vidmini.families.qwen2_5_vl.family import FAMILY, QwenFrames, prompt_split
+from vidmini.families.interface import LoadOptions
+from vidmini.families.qwen2_5_vl.family import FAMILY, QwenFrames, load_tokenizer, prompt_split
 from vidmini.families.qwen2_5_vl.preprocess import VideoSettings, normalize_frames, patchify, preprocess, smart_resize
 from vidmini.families.qwen2_5_vl.vision import UnitEncoder
 from vidmini.testing.tiny_qwen2_5_vl import processor_configs, write_checkpoint
@@ -232,11 +233,11 @@ def test_scores_are_mapped_from_window_order_to_the_mergers_order(qwen, settings
     assert torch.equal(mapped, out.pooler_output.view(units, encoder.native, -1))
 
 
-def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, settings):
+def test_visionzip_keeps_the_mergers_own_tokens_at_their_places(qwen, qwen_checkpoint, settings):
     model, tokenizer = qwen
     clip = normalize_frames(video(4, 112, 112).permute(0, 3, 1, 2).contiguous(), settings)
     native = QwenFrames(model, tokenizer, settings).encode(clip, None)  # [2, 16, H]
-    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=4, settings=settings)
+    reduced = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint, tokens_per_frame=4))
     assert reduced.tokens_per_unit == 8  # 4 per frame, 2 frames per unit
     out = reduced.encode(clip, None)
     assert out.tokens.shape == (2, 8, native.tokens.shape[-1]) and out.grid.shape == (2, 8, 2)
@@ -273,7 +274,7 @@ def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_ch
     from vidmini.inputs.video import FrameBatch
 
     model, tokenizer = qwen
-    frames_model = FAMILY.adapt(model, tokenizer, settings=settings)
+    frames_model = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint))
     frames, _ = sample_frames(frames_model, count)
     fps = 1.0
     inputs = own_inputs(model, tokenizer, torch.from_numpy(frames), settings, fps)
@@ -321,7 +322,11 @@ def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
     memory = out.json["memory"]
     assert {"vision_tower", "patch_embed", "merger", "llm"} <= set(memory["weights"])
     hidden = 64 * 4  # tiny text hidden size, float32
-    assert memory["token_buffer"]["bytes_per_frame"] == 3 * hidden
+    buffer = memory["token_buffer"]
+    assert buffer["bytes_per_frame"] == 3 * hidden
+    # 6 frames in 3 units of 2: the buffer is counted in frames, in the JSON and in the text
+    assert buffer["capacity_frames"] == 6 and buffer["bytes"] == 6 * buffer["bytes_per_frame"]
+    assert f"{buffer['bytes'] / 2**20:.1f} MB for 6 frames" in out.stderr
 
 
 def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint, cli, tmp_path):
@@ -335,10 +340,81 @@ def test_options_are_checked_from_the_config_before_the_weights(qwen_checkpoint,
     assert other.code == 2 and "--prefusion-tokens is for LLaVA-Mini" in other.stderr
 
 
-def test_evidence_is_refused_in_one_line(qwen_checkpoint, cli):
-    out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 2, "--max-new-tokens", 1,
-              "--evidence", "-q")
-    assert out.code == 2 and "M-RoPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+@pytest.mark.parametrize("tokens_per_frame,count", [(None, 5), (3, 6)])
+def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qwen_checkpoint, tokens_per_frame,
+                                                                               count):
+    """--evidence through the engine: the queries (the question's last position and the answer's fed-back tokens)
+    are rotated at the family's (time, row, column) positions by the decoder's own rotary embedding, and their
+    attention, re-scored from the KV cache, equals the eager attention of the text model over the whole sequence
+    at the same positions, per unit (the sum over its K tokens), per layer. Each frame of a unit gets its unit's
+    score and its own time; the padding frame of an odd count gets none."""
+    import numpy as np
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vidmini.engine.engine import Engine, EngineOptions, Query
+    from vidmini.inputs.video import FrameBatch
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_checkpoint, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(qwen_checkpoint, "tiny")
+    frames_model = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint, tokens_per_frame=tokens_per_frame))
+    frames, _ = sample_frames(frames_model, count)
+    max_new, times = 4, np.arange(count) * 1.5 + 0.25
+    engine = Engine(frames_model, tokenizer, EngineOptions(max_new_tokens=max_new, evidence=True, chunk=7,
+                                                           evidence_layers=(0, 1)))
+    frames_model.eos_ids = lambda: set()  # all steps: three fed-back tokens besides the question's last position
+    encoded = engine.encode([FrameBatch(frames, times, np.arange(count))], count, [Query(QUESTION)])
+    found = {}
+    tokens = engine.answer(encoded, [Query(QUESTION)], on_evidence=found.__setitem__)[0]
+    prefix, suffix = engine.frames.pieces(encoded, (0, None), count, 0)
+    video, k = encoded.buffer.frames(), frames_model.tokens_per_unit
+    units = len(video) // k
+    sequence = torch.cat([prefix, video, suffix, frames_model.embed(tokens[: max_new - 1])])  # [L, H]
+    positions = frames_model.positions(len(prefix), encoded.buffer.span(), 0).ids(0, len(sequence), "cpu")
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = model.get_decoder()(inputs_embeds=sequence[None], position_ids=positions,
+                                      output_attentions=True).attentions
+    first, n = len(prefix), max_new  # queries: the question's last position and the fed-back tokens
+    per_unit = [w[0, :, :, first : first + units * k].unflatten(-1, (units, k)).sum(-1).mean(0) for w in weights]
+    expected = torch.stack([p[-n:].mean(0) for p in per_unit])  # [layers, units]
+    baseline = torch.stack([p[first + units * k] for p in per_unit])  # the first position after the frames
+    per_frame = torch.arange(count) // 2  # each frame's unit
+    assert (found[0].answer - expected[:, per_frame]).abs().max() < 1e-5
+    assert (found[0].baseline - baseline[:, per_frame]).abs().max() < 1e-5
+    assert found[0].times.tolist() == times.tolist()
+    assert expected.std(-1).min() > 1e-3  # the units are told apart: a uniform attention would prove little
+
+
+def test_a_rotation_that_wants_more_than_q_k_cos_sin_fails_loudly(monkeypatch):
+    """Qwen2.5-VL's 4.x code rotated with apply_multimodal_rotary_pos_emb(q, k, cos, sin, mrope_section); a module
+    whose rotation wants more than (q, k, cos, sin), or has none, is refused before any query is scored."""
+    import sys
+    import types
+
+    from vidmini.infra.internals import InternalsChanged, rotary_function
+
+    old = types.ModuleType("old_qwen")
+    old.apply_rotary_pos_emb = lambda q, k, cos, sin, mrope_section, unsqueeze_dim=1: (q, k)
+    monkeypatch.setitem(sys.modules, "old_qwen", old)
+    attention = type("Attention", (), {"__module__": "old_qwen"})()
+    with pytest.raises(InternalsChanged, match="mrope_section"):
+        rotary_function(attention)
+    del old.apply_rotary_pos_emb
+    with pytest.raises(InternalsChanged, match="nothing"):
+        rotary_function(attention)
+
+
+def test_ask_evidence_json(qwen_checkpoint, cli):
+    from vidmini.inputs.video import probe
+
+    out = cli("ask", SAMPLE, "What colours?", "Where?", "--model", qwen_checkpoint, "--max-frames", 7,
+              "--max-new-tokens", 3, "--json", "-q", "--evidence", 2)
+    assert out.code == 0, out.stderr
+    duration = probe(SAMPLE).duration_s
+    for answer in out.json["answers"]:
+        assert 1 <= len(answer["evidence"]) <= 2
+        for m in answer["evidence"]:
+            assert 0 <= m["start_s"] <= m["end_s"] <= duration and 0 < m["score"] <= 1
 
 
 def test_frame_side_from_the_checkpoints_processor_files(tmp_path):
@@ -381,7 +457,7 @@ def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path)
     assert all(isinstance(c["summary"], str) for c in record["chapters"])
 
 
-def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
+def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, qwen_checkpoint):
     """K < native: the buffer carries each kept token's place, and its position is (its unit's time, its row, its
     column) as in the native layout."""
     import numpy as np
@@ -390,8 +466,8 @@ def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
     from vidmini.inputs.video import FrameBatch
 
     model, tokenizer = qwen
-    native = FAMILY.adapt(model, tokenizer, settings=settings)
-    reduced = FAMILY.adapt(model, tokenizer, tokens_per_frame=3, settings=settings)
+    native = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint))
+    reduced = FAMILY.adapt(model, tokenizer, LoadOptions(qwen_checkpoint, tokens_per_frame=3))
     frames, _ = sample_frames(native, 5)
     positions = {}
     for name, frames_model in (("native", native), ("reduced", reduced)):

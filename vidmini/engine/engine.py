@@ -75,6 +75,11 @@ class TokenBuffer:
         return self.count * self.frames_per_unit - self.padding
 
     @property
+    def frame_capacity(self) -> int:
+        """Frames the buffer holds: `capacity` counts units."""
+        return self.capacity * self.frames_per_unit
+
+    @property
     def tokens_per_frame(self) -> int:
         """K when a unit is one frame (every family but the multi-frame ones, which read tokens_per_unit)."""
         return self.tokens_per_unit
@@ -85,7 +90,7 @@ class TokenBuffer:
         all)."""
         n, t, f = tokens.shape[0], self.tokens_per_unit, self.frames_per_unit
         if self.count + n > self.capacity:
-            raise RuntimeError(f"token buffer full ({self.capacity} frames)")
+            raise RuntimeError(f"token buffer full ({self.frame_capacity} frames)")
         self.data[self.count * t : (self.count + n) * t] = tokens.reshape(n * t, -1)
         if times is not None:
             self.times[self.count * f : (self.count + n) * f] = torch.as_tensor(times, dtype=torch.float64)
@@ -106,6 +111,14 @@ class TokenBuffer:
         lo, hi = self.units(start, end)
         return self.data[lo * self.tokens_per_unit : hi * self.tokens_per_unit]  # [(hi-lo)*K, H]
 
+    def frame_units(self, start: int = 0, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(times [F] float64, unit [F] int64): the video's frames start..end (never the padding), their
+        presentation times, and which of the units `units(start, end)` gives each frame is in (0 = the first)."""
+        lo, _ = self.units(start, end)
+        end = self.frame_count if end is None else min(end, self.frame_count)
+        frames = torch.arange(start, end)  # [F]
+        return self.times[start:end].clone(), frames // self.frames_per_unit - lo
+
     def span(self, start: int = 0, end: int | None = None) -> VideoSpan:
         """The units of frames start..end as a family's `positions` reads them."""
         lo, hi = self.units(start, end)
@@ -120,7 +133,8 @@ class TokenBuffer:
 
 @dataclass(frozen=True)
 class Relevance:
-    """How much an answer attended to each frame of its range (vidmini.engine.relevance), and when each frame is."""
+    """How much an answer attended to each frame of its range (vidmini.engine.relevance), and when each frame is.
+    A frame's score is its unit's: the sum over the unit's tokens (each frame of a multi-frame unit gets it whole)."""
 
     answer: torch.Tensor  # [layers, F] fp32: per chosen layer, the answer's attention (mean over heads and positions)
     baseline: torch.Tensor  # [layers, F] fp32: paid by the first position after the frames (not the question)
@@ -187,7 +201,7 @@ class Frames:
 class Engine:
     def __init__(self, model, tokenizer, options: EngineOptions | None = None, recorder: Recorder | None = None):
         self.options = options or EngineOptions()
-        self.model = adapt(model, tokenizer, self.options.prefusion_tokens)  # vidmini.families.registry
+        self.model = adapt(model, tokenizer, prefusion_tokens=self.options.prefusion_tokens)  # families.registry
         self.tokenizer = tokenizer
         self.device = self.model.device
         self.dtype = self.model.compute_dtype
@@ -349,39 +363,41 @@ class Engine:
         cache = new_cache(self.model, shared_len + longest + max_new)
         if same_prefix:
             with self.recorder.stage("LLM prefill"):
-                self._prefill([shared, frames, after], cache, 0, self.model.positions(len(shared), span, len(after)))
+                self._prefill(positioned(self.model, self.model.positions(len(shared), span, len(after))),
+                              [shared, frames, after], cache, 0)
         capture = self._capture()
         recording = capture.recording if capture else nullcontext
         for i, (prefix, suffix) in zip(members, embeds):
             after_frames = len(prefix) + len(frames) + len(after)  # the first position after the video
             positions = self.model.positions(len(prefix), span, len(after))
+            llm = positioned(self.model, positions, capture.at if capture else None)  # the capture hears each step
             with self.recorder.stage("LLM prefill"), recording(after_frames):
                 if same_prefix:
                     cache.rewind(shared_len)
-                    logits = self._prefill([suffix], cache, shared_len, positions)
+                    logits = self._prefill(llm, [suffix], cache, shared_len)
                 else:
                     cache.rewind(0)
-                    logits = self._prefill([prefix, frames, after, suffix], cache, 0, positions)
+                    logits = self._prefill(llm, [prefix, frames, after, suffix], cache, 0)
             with self.recorder.stage("answer decode"), recording(after_frames):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
-                tokens = decode(positioned(self.model, positions), logits, shared_len + len(suffix), cache, max_new,
-                                eos, pick, emit)
+                tokens = decode(llm, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)
             self._measure_cache(cache, shared_len + longest + max_new)
             if capture:
                 with self.recorder.stage("evidence"):
-                    answer, baseline = capture.frame_attention(
+                    answer, baseline = capture.frame_attention(  # [layers, units] each
                         cache, len(prefix), span.units, span.tokens_per_unit,
-                        queries_from=after_frames + len(suffix) - 1)  # the question's last position on
+                        queries_from=after_frames + len(suffix) - 1, positions=positions)  # the question's last on
                     capture.clear()
                 if on_evidence:
-                    times = span.times[:: span.frames_per_unit].clone()  # [units]: each unit's first frame
-                    on_evidence(i, Relevance(answer.cpu(), baseline.cpu(), times, capture.layers))
+                    times, unit = encoded.buffer.frame_units(start, end)  # [F] each: a unit's score is its frames'
+                    on_evidence(i, Relevance(answer[:, unit].cpu(), baseline[:, unit].cpu(), times, capture.layers))
             yield tokens
 
-    def _prefill(self, pieces, cache, start, positions):
+    def _prefill(self, llm, pieces, cache, start):
+        """prefill through `llm` (the model at its positions), halving the chunk on out-of-memory."""
         while True:
             try:
-                return prefill(positioned(self.model, positions), pieces, cache, self.options.chunk, start)
+                return prefill(llm, pieces, cache, self.options.chunk, start)
             except torch.OutOfMemoryError:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

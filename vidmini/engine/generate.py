@@ -19,13 +19,16 @@ DEFAULT_CHUNK = 2048
 class Positioned:
     """A frame model whose LLM reads a sequence's own positions (vidmini.families.interface.Positions, e.g. M-RoPE's
     (time, row, column)): the functions below give each step's cache indices as position_ids, and this turns them
-    into the family's. Everything else is the model's."""
+    into the family's. `on_step(start)`, when given, hears each step's first cache index before the LLM runs (the
+    evidence's capture, vidmini.engine.relevance). Everything else is the model's."""
 
-    def __init__(self, model, positions: Positions):
-        self.model, self.positions = model, positions
+    def __init__(self, model, positions: Positions, on_step: Callable[[int], None] | None = None):
+        self.model, self.positions, self.on_step = model, positions, on_step
 
     def language_forward(self, *, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, **kwargs):
         start = int(position_ids[0, 0])  # the step's first cache index (a sync, as the cache's length check is)
+        if self.on_step is not None:
+            self.on_step(start)
         ids = self.positions.ids(start, inputs_embeds.shape[1], inputs_embeds.device)
         return self.model.language_forward(inputs_embeds=inputs_embeds, position_ids=ids, **kwargs)
 
@@ -33,9 +36,12 @@ class Positioned:
         return getattr(self.model, name)
 
 
-def positioned(model, positions: Positions):
-    """`model` as prefill and decode should call it for a sequence at `positions` (itself for 1-D positions)."""
-    return model if isinstance(positions, LinearPositions) else Positioned(model, positions)
+def positioned(model, positions: Positions, on_step: Callable[[int], None] | None = None):
+    """`model` as prefill and decode should call it for a sequence at `positions` (itself for 1-D positions when
+    nobody listens to the steps)."""
+    if isinstance(positions, LinearPositions) and on_step is None:
+        return model
+    return Positioned(model, positions, on_step)
 
 
 def new_cache(model, max_len: int) -> RewindableCache:

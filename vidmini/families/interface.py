@@ -27,6 +27,7 @@ Registering a family: subclass both, then add one line to vidmini.families.regis
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,11 @@ class LoadOptions:
     quantize: str = "none"
     vision_fp32: bool = False
     tokens_per_frame: int | None = None  # K tokens per unit by VisionZip (None = native); not for LLaVA-Mini
+
+    def folder(self) -> str | None:
+        """`model` when it is a local folder: where `Family.adapt` reads the processor settings that a model's
+        weights and config do not carry (frame size, normalisation); None for a Hub id or a source's name."""
+        return self.model if os.path.isdir(self.model) else None
 
 
 # ---- what flows between the engine and a family ------------------------------------------------------------------
@@ -163,14 +169,15 @@ class FrameModel(ABC):
         """What a unit costs, for vidmini.engine.capacity (the LLM config, K, the vision and fusion work per unit)."""
 
     @property
-    @abstractmethod
     def device(self) -> torch.device:
-        """Where the weights are."""
+        """Where the weights are: the LLM's token embedding's device (every family keeps one device)."""
+        return self.get_input_embeddings().weight.device
 
     @property
-    @abstractmethod
     def compute_dtype(self) -> torch.dtype:
-        """The LLM's dtype: the token buffer and the KV cache hold it."""
+        """The LLM's dtype: the token buffer and the KV cache hold it. The token embedding's, which stays in the
+        LLM's dtype where other parts differ (--vision-fp32) or are quantized (--quantize)."""
+        return self.get_input_embeddings().weight.dtype
 
     # ---- the prompt --------------------------------------------------------------------------------------------
     @abstractmethod
@@ -261,9 +268,12 @@ class Family(ABC):
         line when it cannot."""
 
     @abstractmethod
-    def adapt(self, model, tokenizer, prefusion_tokens: int | None = None) -> FrameModel:
-        """A FrameModel around a transformers model built elsewhere (tests, benches, a caller's own load);
-        a FrameModel is returned as it is."""
+    def adapt(self, model, tokenizer, options: LoadOptions | None = None,
+              prefusion_tokens: int | None = None) -> FrameModel:
+        """A FrameModel around a transformers model built elsewhere (tests, benches, a caller's own load), asked
+        for what `frame_shape` is asked for: the load options (--tokens-per-frame; `options.folder()`, when there
+        is one, for the processor settings; None = every default) and --prefusion-tokens. A FrameModel is
+        returned as it is; an option that is not for the family is refused as `frame_shape` refuses it."""
 
     @abstractmethod
     def meta_model(self, folder: str) -> FrameModel:

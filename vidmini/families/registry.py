@@ -48,10 +48,11 @@ def family(model_type: str):
     return _attribute(FAMILIES[model_type])
 
 
-def adapt(model, tokenizer, prefusion_tokens: int | None = None):
+def adapt(model, tokenizer, options=None, prefusion_tokens: int | None = None):
     """A FrameModel for `model` (a loaded model, or a FrameModel already), by its config's model_type: the family
-    checks the options that concern it (--prefusion-tokens) and wraps the model when it is not one yet."""
-    return family(model.config.model_type).adapt(model, tokenizer, prefusion_tokens)
+    checks the options that concern it (LoadOptions or None, --prefusion-tokens; Family.adapt) and wraps the model
+    when it is not one yet."""
+    return family(model.config.model_type).adapt(model, tokenizer, options, prefusion_tokens)
 
 
 def sources() -> list:

@@ -80,6 +80,23 @@ def llama_forward():
     return forward
 
 
+def rotary_function(attention):
+    """The `apply_rotary_pos_emb(q, k, cos, sin)` of the module that defines `attention`'s class: the function the
+    attention rotates its own queries and keys with (Llama's, Qwen2's, Qwen2.5-VL's, whose decoder's `rotary_emb`
+    has already laid M-RoPE's (time, row, column) sections out in cos / sin). --evidence rotates re-scored queries
+    with it. Checked: it exists and takes (q, k, cos, sin) and nothing else that is required (Qwen2.5-VL's 4.x code
+    wanted an mrope_section as well)."""
+    module = sys.modules.get(type(attention).__module__)
+    function = getattr(module, "apply_rotary_pos_emb", None)
+    params = inspect.signature(function).parameters if callable(function) else {}
+    required = [name for name, p in params.items() if p.default is p.empty]
+    if required != ["q", "k", "cos", "sin"]:
+        raise InternalsChanged(f"{type(attention).__module__}.apply_rotary_pos_emb is not (q, k, cos, sin) any more "
+                               f"(got {required or 'nothing'}); --evidence rotates its queries with it: pin the "
+                               "tested transformers version")
+    return function
+
+
 # ---- torch --------------------------------------------------------------------------------------------------------
 def _cuda_memory(name: str):
     import torch

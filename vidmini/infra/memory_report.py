@@ -64,7 +64,8 @@ def build_report(engine, encoded, recorder: Recorder) -> dict:
                  "device_reserved_bytes": max((s.device_reserved_peak for s in recorder.stages.values()), default=0)
                  if recorder.cuda else None},
         "weights": {**weights, "total_bytes": weight_bytes},
-        "token_buffer": {"bytes": buffer.data.numel() * buffer.data.element_size(), "capacity_frames": buffer.capacity,
+        "token_buffer": {"bytes": buffer.data.numel() * buffer.data.element_size(),
+                         "capacity_frames": buffer.frame_capacity,
                          "tokens_per_frame": engine.tokens_per_frame,
                          "frames": frames, "bytes_per_frame": buffer.bytes_per_frame,
                          "dtype": str(buffer.data.dtype).replace("torch.", "")},

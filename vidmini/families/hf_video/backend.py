@@ -100,14 +100,6 @@ class VideoBackend(FrameModel):
     native_tokens_per_unit = property(lambda self: self.native_tokens_per_frame)
 
     @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    @property
     def shape(self) -> capacity.FrameShape:
         return frame_shape(self.model.config, self.tokens_per_frame)
 
@@ -365,10 +357,18 @@ class HFVideo(Family):
                 raise UsageError(f"{flag} is for LLaVA-Mini checkpoints; {options.model} is {family}")
         return load(folder, family, options.model, device, dtype, options.tokens_per_frame)
 
-    def adapt(self, model, tokenizer, prefusion_tokens=None) -> FrameModel:
+    def adapt(self, model, tokenizer, options=None, prefusion_tokens=None) -> FrameModel:
+        family = model.config.model_type
         if prefusion_tokens is not None:
-            raise _prefusion_refused("this model", model.config.model_type)
-        return model if isinstance(model, VideoBackend) else VideoBackend(model, tokenizer=tokenizer)
+            raise _prefusion_refused("this model", family)
+        if isinstance(model, VideoBackend):
+            return model
+        if options is None:
+            return VideoBackend(model, tokenizer=tokenizer)
+        check_tokens_per_frame(model.config, family, options.model, options.tokens_per_frame)
+        folder = options.folder()
+        return VideoBackend(model, options.tokens_per_frame, tokenizer=tokenizer,
+                            preprocessor=read_preprocessor(folder) if folder else None)
 
     def meta_model(self, folder) -> FrameModel:
         config = _config(folder)

@@ -67,8 +67,6 @@ class MiniFrames(FrameModel):
     tokens_per_unit = property(lambda self: capacity.tokens_per_frame(self.config))
     native_tokens_per_unit = tokens_per_unit
     shape = property(lambda self: frame_shape(self.config, self.prefusion_tokens))
-    device = property(lambda self: self.model.device)
-    compute_dtype = property(lambda self: self.model.compute_dtype)
 
     def prompt_ids(self, question: str) -> list[int]:
         return build_prompt_ids(self.tokenizer, question)
@@ -132,16 +130,20 @@ class MiniFrames(FrameModel):
         return self.model.parameters()
 
 
+def _refuse_tokens_per_frame(options) -> None:
+    if options.tokens_per_frame is not None:
+        others = ", ".join(t for t in NAMES if t != MODEL_TYPE)
+        raise UsageError(f"--tokens-per-frame is for the other video VLMs ({others}); "
+                         "LLaVA-Mini keeps one token per frame (see --prefusion-tokens)")
+
+
 class LlavaMini(Family):
     model_types = (MODEL_TYPE,)
     name = NAMES[MODEL_TYPE]
     quantized_parts = ("llm", "prefusion")
 
     def frame_shape(self, folder, options, prefusion_tokens=None) -> capacity.FrameShape:
-        if options.tokens_per_frame is not None:
-            others = ", ".join(t for t in NAMES if t != MODEL_TYPE)
-            raise UsageError(f"--tokens-per-frame is for the other video VLMs ({others}); "
-                             "LLaVA-Mini keeps one token per frame (see --prefusion-tokens)")
+        _refuse_tokens_per_frame(options)
         from vidmini.families.llava_mini.checkpoint import prepare_config
 
         return frame_shape(prepare_config(folder, LlavaMiniConfig.from_pretrained(folder), {}), prefusion_tokens)
@@ -171,7 +173,9 @@ class LlavaMini(Family):
             raise ModelLoadError(f"model {options.model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
         return model, tokenizer
 
-    def adapt(self, model, tokenizer, prefusion_tokens=None) -> FrameModel:
+    def adapt(self, model, tokenizer, options=None, prefusion_tokens=None) -> FrameModel:
+        if options is not None:
+            _refuse_tokens_per_frame(options)
         return model if isinstance(model, MiniFrames) else MiniFrames(model, tokenizer, prefusion_tokens)
 
     def meta_model(self, folder) -> FrameModel:

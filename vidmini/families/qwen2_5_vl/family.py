@@ -118,14 +118,6 @@ class QwenFrames(FrameModel):
     def shape(self) -> capacity.FrameShape:
         return unit_shape(self.config, self.settings, self.tokens_per_unit)
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.model.dtype  # one dtype throughout: --vision-fp32 is refused for this family
-
     # ---- the prompt ------------------------------------------------------------------------------------------
     def split(self, question: str) -> tuple[list[int], list[int]]:
         if question not in self._prompts:
@@ -168,10 +160,9 @@ class QwenFrames(FrameModel):
         return self.model.get_input_embeddings()
 
     def get_decoder(self):
-        """Only --evidence asks for it, and its re-scoring (vidmini.engine.relevance) reads 1-D positions from the
-        decoder layers' arguments and rotates queries with 1-D RoPE; Qwen's layers get M-RoPE and no 1-D ids."""
-        raise UsageError("--evidence does not support Qwen2.5-VL yet (its attention is re-scored with 1-D RoPE "
-                         "positions; this model uses M-RoPE)")
+        """The text model (its layers and M-RoPE rotary embedding): --evidence re-scores its attention at the
+        positions `positions` gives."""
+        return self.model.get_decoder()
 
     def eos_ids(self) -> set[int]:
         """The generation config's (Qwen's list <|im_end|> and <|endoftext|>), else the tokenizer's end of turn."""
@@ -247,14 +238,15 @@ class QwenFamily(Family):
         model.to(device).eval()
         return QwenFrames(model, tokenizer, settings, keep), tokenizer
 
-    def adapt(self, model, tokenizer, prefusion_tokens: int | None = None, tokens_per_frame: int | None = None,
-              settings: VideoSettings | None = None) -> FrameModel:
+    def adapt(self, model, tokenizer, options=None, prefusion_tokens: int | None = None) -> FrameModel:
         if isinstance(model, FrameModel):
             return model
         if prefusion_tokens is not None:
             raise UsageError("--prefusion-tokens is for LLaVA-Mini; this model is Qwen2.5-VL (use --tokens-per-frame)")
-        settings = settings or VideoSettings()
-        return QwenFrames(model, tokenizer, settings, unit_budget(tokens_per_frame, settings, "the model"))
+        folder = options.folder() if options is not None else None
+        settings = read_settings(folder) if folder else VideoSettings()  # the processor's defaults otherwise
+        keep = unit_budget(options.tokens_per_frame, settings, options.model) if options is not None else None
+        return QwenFrames(model, tokenizer, settings, keep)
 
     def meta_model(self, folder: str) -> QwenFrames:
         from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
