@@ -137,7 +137,7 @@ class LlavaMini(Family):
     name = NAMES[MODEL_TYPE]
     quantized_parts = ("llm", "prefusion")
 
-    def frame_shape(self, folder, options, prefusion_tokens=None) -> capacity.FrameShape:
+    def frame_shape(self, folder, options, prefusion_tokens=None, display=None) -> capacity.FrameShape:
         if options.tokens_per_frame is not None:
             others = ", ".join(t for t in NAMES if t != MODEL_TYPE)
             raise UsageError(f"--tokens-per-frame is for the other video VLMs ({others}); "
