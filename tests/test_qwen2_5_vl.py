@@ -296,7 +296,9 @@ def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_ch
 
 
 def test_ask_answers_with_and_without_visionzip(qwen_checkpoint, cli):
-    for k, per_unit in ((None, 16), (5, 10), (1, 2)):
+    # The sample is 320 x 240: the processor's 112 x 84 frame (within the tiny's 112 * 112 pixels) has 4 x 3 merged
+    # tokens per unit; K = 5 keeps 10 of them, K = 1 keeps 2.
+    for k, per_unit in ((None, 12), (5, 10), (1, 2)):
         extra = [] if k is None else ["--tokens-per-frame", k]
         out = cli("ask", SAMPLE, "What colours?", "Where?", "--model", qwen_checkpoint, "--max-frames", 5,
                   "--max-new-tokens", 3, "--json", "-q", *extra)
@@ -311,10 +313,10 @@ def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
     plan = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--dry-run", "--json")
     assert plan.code == 0, plan.stderr
     assert plan.json["frames"] == 6 and plan.json["weights_bytes"] > 0
-    # 8 tokens per frame (16 per unit of 2): the buffer's 64 floats each + the KV cache's 2 layers x 2 heads x 16 x
-    # (k, v) floats; the 32768-position context holds 2048 units = 4096 frames.
-    assert plan.json["per_frame_bytes"] == 8 * (64 * 4 + 2 * 2 * 16 * 2 * 4)
-    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 4096
+    # The sample's 112 x 84 frames: 6 tokens per frame (12 per unit of 2): the buffer's 64 floats each + the KV
+    # cache's 2 layers x 2 heads x 16 x (k, v) floats; the 32768-position context holds 2730 units = 5460 frames.
+    assert plan.json["per_frame_bytes"] == 6 * (64 * 4 + 2 * 2 * 16 * 2 * 4)
+    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 32768 // 12 * 2
     out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--max-new-tokens", 2, "--json",
               "-q", "--profile-memory", "--tokens-per-frame", 3)
     assert out.code == 0, out.stderr
@@ -341,17 +343,34 @@ def test_evidence_is_refused_in_one_line(qwen_checkpoint, cli):
     assert out.code == 2 and "M-RoPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_frame_side_from_the_checkpoints_processor_files(tmp_path):
-    from vidmini.families.qwen2_5_vl.family import frame_side, read_settings
+def test_frame_size_follows_the_processor_files_transformers_reads(tmp_path):
+    """The files in transformers' order (processor_config.json's nested video processor, then
+    video_preprocessor_config.json, then the image processor's preprocessor_config.json), and each video's frame
+    is smart_resize of its display size within that budget: no cap of vidmini's own."""
+    from vidmini.families.qwen2_5_vl.family import frame_geometry, read_settings
+    from vidmini.errors import ModelLoadError
 
-    # The Hub's layout: only the image processor's config, with a still image's budget -> the video budget.
+    def size(width: int, height: int) -> tuple[int, int]:
+        geometry = frame_geometry(read_settings(str(tmp_path)), width, height)
+        return geometry.height, geometry.width
+
+    # The Hub's layout: only the image processor's config; its still-image budget is the video's too.
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}))
-    assert frame_side(read_settings(str(tmp_path))) == 756  # 776 px would round to 784 > the budget: 27 * 28
-    # transformers 5's processor.save_pretrained: one processor_config.json, the video processor nested.
+    assert size(320, 240) == (252, 308)  # each side rounded to the nearest multiple of 28
+    assert size(1920, 1080) == (1092, 1932)  # within 12845056: full resolution
+    assert size(240, 320) == (308, 252)  # a portrait (rotated) video
+    # A video processor config takes precedence (transformers 5's save_pretrained writes one).
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28}}))
+    assert size(1920, 1080) == (560, 1008)
+    # processor_config.json with the video processor nested comes first of all.
     (tmp_path / "processor_config.json").write_text(json.dumps(
         {"video_processor": {"size": {"shortest_edge": 3136, "longest_edge": 200 * 200}}}))
-    assert frame_side(read_settings(str(tmp_path))) == 196
+    assert size(200, 200) == (196, 196)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"video_processor": {"cap_pixels_per_frame": True}}))
+    with pytest.raises(ModelLoadError, match="cap_pixels_per_frame"):
+        read_settings(str(tmp_path))
 
 
 def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
@@ -367,7 +386,7 @@ def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
     args = [SAMPLE, "What colours?", "--max-frames", 4, "--max-new-tokens", 4, "--json", "-q"]
     ours, theirs = cli("ask", "--model", qwen_checkpoint, *args), cli("ask", "--model", hub, *args)
     assert ours.code == theirs.code == 0, theirs.stderr
-    assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 8
+    assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 6
 
 
 def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path):
