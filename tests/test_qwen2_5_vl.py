@@ -422,3 +422,149 @@ def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, settings):
         if name == "reduced":
             assert span.tokens == 3 * 6 and torch.equal(ids[:, 1:] - 10, span.grid)  # 3 units of 6 tokens
     assert positions["reduced"] <= positions["native"]  # every kept token sits where the model put it
+
+
+# ---- non-square videos: vidmini's answers are the model's own generate over the processor's frames --------------
+def own_frames(path: str) -> tuple[torch.Tensor, float]:
+    """The frames the acceptance check would give the processor, by this test's own reading of the file: every
+    frame decoded with PyAV to RGB, turned upright by its rotation, then at each of vidmini's 1 fps sample times
+    the frame on screen (the last one that starts at or before it). [T, H, W, 3] uint8 and the rate."""
+    import av
+    import numpy as np
+
+    from vidmini.inputs.video import make_plan, probe
+
+    info = probe(path)
+    times = info.start_s + make_plan(info, "time", 1.0).times_s
+    decoded = []  # (presentation time, upright RGB)
+    with av.open(path) as container:
+        for frame in container.decode(video=0):
+            picture = frame.to_ndarray(format="rgb24")
+            if frame.rotation % 360:
+                picture = np.rot90(picture, k=(frame.rotation // 90) % 4)  # counter-clockwise degrees
+            decoded.append((frame.time, np.ascontiguousarray(picture)))
+    # Frames come out in display order; an AVI with B-frames labels some with swapped times (0.12 after 0.16), so
+    # a frame starts at the latest time seen so far, as a player showing them in that order would.
+    starts = np.maximum.accumulate(np.array([t for t, _ in decoded]))
+    shown = [max(0, int(np.searchsorted(starts, t, side="right")) - 1) for t in times]
+    return torch.from_numpy(np.stack([decoded[i][1] for i in shown])), 1.0
+
+
+def rendered_clip(folder, width: int, height: int, seconds: int = 5) -> str:
+    """An H.264 clip of this test's own: smooth colours and a moving square, `width` x `height`, 4 fps."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    path = str(folder / f"clip_{width}x{height}.mp4")
+    y, x = np.mgrid[0:height, 0:width]
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(seconds * 4):
+            picture = np.stack([(x * 255 // width + 20 * i) % 256, y * 255 // height,
+                                np.full_like(x, 60 * (i // 4) % 256)], axis=-1).astype(np.uint8)
+            left = 10 * i % max(1, width - 40)
+            picture[height // 3 : height // 3 + 40, left : left + 40] = 255
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 4)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def non_square_videos(folder) -> list[str]:
+    from tests.conftest import CORPUS
+
+    shared = [CORPUS / n for n in ("mpeg4asp_mp3_320x240_mmaction2.avi", "av1_640x360_torchcodec.mkv",
+                                   "h264_mov_rot90_3frames_decord.mov")]
+    return [rendered_clip(folder, 426, 240), rendered_clip(folder, 240, 320)] + [str(p) for p in shared if p.exists()]
+
+
+@pytest.fixture(scope="module")
+def budget_checkpoint(tmp_path_factory) -> str:
+    """The tiny checkpoint with a larger frame budget (up to 224 x 224 pixels) in the Hub's layout: only the image
+    processor's preprocessor_config.json, which is then the video processor's config too."""
+    folder = write_checkpoint(str(tmp_path_factory.mktemp("qwen-budget") / "ckpt"), max_pixels=224 * 224)
+    os.remove(os.path.join(folder, "video_preprocessor_config.json"))
+    return folder
+
+
+def test_ask_on_non_square_videos_is_the_models_own_generate(budget_checkpoint, cli, tmp_path, monkeypatch):
+    """What the acceptance check does with a checkpoint made elsewhere: frames sampled at 1 fps by its own code,
+    the processor's pixels (our preprocess; the processor itself where torchvision is installed), the model's own
+    `generate`; against `vidmini ask` in process. The tokens must be the same, pick for pick."""
+    import importlib.util
+
+    import vidmini.engine.engine
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from tests.conftest import lead
+    from vidmini.families.qwen2_5_vl.family import read_settings
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(budget_checkpoint, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(budget_checkpoint)
+    settings = read_settings(budget_checkpoint)
+    assert settings.max_pixels == 224 * 224  # read from preprocessor_config.json, as the video processor reads it
+    processor = None
+    if importlib.util.find_spec("torchvision"):
+        from transformers import AutoVideoProcessor
+
+        processor = AutoVideoProcessor.from_pretrained(budget_checkpoint)
+    picks: list[int] = []
+    leads: list[float] = []
+    real = vidmini.engine.engine.greedy
+
+    def recording(logits):
+        leads.append(lead(logits))
+        picks.append(real(logits))
+        return picks[-1]
+
+    monkeypatch.setattr(vidmini.engine.engine, "greedy", recording)
+    sizes = set()
+    for path in non_square_videos(tmp_path):
+        frames, fps = own_frames(path)
+        inputs = own_inputs(model, tokenizer, frames, settings, fps)
+        sizes.add(tuple(int(v) for v in inputs["video_grid_thw"][0, 1:]))
+        if processor is not None:
+            theirs = processor(videos=[frames.numpy()], return_tensors="pt", cap_pixels_per_frame=False)
+            assert torch.equal(inputs["pixel_values_videos"], theirs["pixel_values_videos"])
+            assert torch.equal(inputs["video_grid_thw"], theirs["video_grid_thw"])
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        want = out[0, inputs["input_ids"].shape[1] :].tolist()
+        picks.clear()
+        result = cli("ask", path, QUESTION, "--model", budget_checkpoint, "--max-new-tokens", 8, "--json", "-q")
+        assert result.code == 0, result.stderr
+        assert result.json["frames_used"] == len(frames), path
+        assert picks == want, path
+        assert result.json["answers"][0]["answer"] == tokenizer.decode(want, skip_special_tokens=True).strip()
+    assert len({h / w for h, w in sizes}) >= 3  # landscape, portrait and other ratios, not one square
+    assert min(leads) > 1e-4  # no pick that float noise could flip
+
+
+def test_dry_run_and_profile_memory_follow_a_non_square_video(budget_checkpoint, cli, tmp_path):
+    """--dry-run's numbers are the video's own frame size, and the run's --profile-memory agrees with them."""
+    from vidmini.families.qwen2_5_vl.family import frame_geometry, read_settings
+
+    path = rendered_clip(tmp_path, 426, 240)
+    geometry = frame_geometry(read_settings(budget_checkpoint), 426, 240)
+    per_unit = (geometry.height // 28) * (geometry.width // 28)
+    # 426 x 240 rounds to 252 x 420 pixels, over 224 * 224: both sides scale by 1.43 and floor to multiples of 28.
+    assert (geometry.height, geometry.width) == (168, 280) and per_unit == 60
+    plan = cli("ask", path, "What?", "--model", budget_checkpoint, "--dry-run", "--json")
+    assert plan.code == 0, plan.stderr
+    hidden, kv = 64 * 4, 2 * 2 * 16 * 2 * 4  # float32 buffer row; 2 layers x 2 KV heads x 16 x (k, v)
+    assert plan.json["frames"] == 5
+    assert plan.json["per_frame_bytes"] == -(-per_unit * (hidden + kv) // 2)
+    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 32768 // per_unit * 2
+    out = cli("ask", path, "What?", "--model", budget_checkpoint, "--max-new-tokens", 2, "--json", "-q",
+              "--profile-memory")
+    assert out.code == 0, out.stderr
+    memory = out.json["memory"]
+    assert out.json["tokens_per_frame"] == per_unit / 2
+    assert memory["token_buffer"]["bytes_per_frame"] == per_unit * hidden // 2
+    assert memory["token_buffer"]["frames"] == 5
