@@ -568,3 +568,29 @@ def test_dry_run_and_profile_memory_follow_a_non_square_video(budget_checkpoint,
     assert out.json["tokens_per_frame"] == per_unit / 2
     assert memory["token_buffer"]["bytes_per_frame"] == per_unit * hidden // 2
     assert memory["token_buffer"]["frames"] == 5
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_both_decoders_and_the_cache_hand_over_the_processors_pixels(budget_checkpoint, cli, tmp_path, decoder):
+    """Each decoder resizes every frame from its full resolution as the processor does (bicubic, antialiased), to
+    the video's own size; the frame cache keeps those frames under that size, and answers from them the same."""
+    from vidmini.families.qwen2_5_vl.family import frame_geometry, read_settings
+    from vidmini.inputs.video import StreamOptions, decode_all, make_plan, probe
+    from vidmini.inputs.video.decord_decoder import available
+    from vidmini.inputs.video.frames import resize_bicubic
+
+    if decoder == "decord" and not available():
+        pytest.skip("decord is not installed")
+    path = rendered_clip(tmp_path, 426, 240)
+    info = probe(path)
+    geometry = frame_geometry(read_settings(budget_checkpoint), info.display_width, info.display_height)
+    ours, stream = decode_all(info, make_plan(info, "time", 1.0), StreamOptions(decoder=decoder, geometry=geometry))
+    frames, _ = own_frames(path)
+    want = resize_bicubic(frames.permute(0, 3, 1, 2).contiguous(), (geometry.height, geometry.width))
+    assert stream.backend == decoder and ours.shape == (len(frames), 168, 280, 3)
+    assert torch.equal(torch.from_numpy(ours), want.permute(0, 2, 3, 1))
+    args = [path, QUESTION, "--model", budget_checkpoint, "--max-new-tokens", 4, "--decoder", decoder, "--json", "-q"]
+    first, again = cli("ask", *args), cli("ask", *args)
+    assert first.code == again.code == 0, first.stderr + again.stderr
+    assert not first.json["from_cache"] and again.json["from_cache"]
+    assert first.json["answers"] == again.json["answers"]
