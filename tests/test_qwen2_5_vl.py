@@ -594,3 +594,23 @@ def test_both_decoders_and_the_cache_hand_over_the_processors_pixels(budget_chec
     assert first.code == again.code == 0, first.stderr + again.stderr
     assert not first.json["from_cache"] and again.json["from_cache"]
     assert first.json["answers"] == again.json["answers"]
+
+
+def test_summarize_gives_each_video_its_own_frame_size(budget_checkpoint, cli, tmp_path):
+    """A folder of a landscape and a portrait clip through one loaded model: each file's summary is what `ask`
+    answers to the same prompt on that file alone, at that file's frame size (the non-square test above shows
+    ask's frames are the processor's)."""
+    from vidmini.jobs.summarize import SUMMARY_PROMPT
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    paths = [rendered_clip(folder, 426, 240), rendered_clip(folder, 240, 320)]
+    report = tmp_path / "r.jsonl"
+    out = cli("summarize", folder, "-o", report, "--model", budget_checkpoint, "--max-new-tokens", 4, "-q")
+    assert out.code == 0, out.stderr
+    records = {r["path"]: r for r in map(json.loads, report.read_text().splitlines())}
+    for path in paths:
+        alone = cli("ask", path, SUMMARY_PROMPT, "--model", budget_checkpoint, "--max-new-tokens", 4, "--json", "-q")
+        assert alone.code == 0, alone.stderr
+        record = next(r for p, r in records.items() if os.path.basename(p) == os.path.basename(path))
+        assert record["error"] is None and record["summary"] == alone.json["answers"][0]["answer"], path
