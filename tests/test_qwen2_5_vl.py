@@ -558,7 +558,7 @@ def test_dry_run_and_profile_memory_follow_a_non_square_video(budget_checkpoint,
     plan = cli("ask", path, "What?", "--model", budget_checkpoint, "--dry-run", "--json")
     assert plan.code == 0, plan.stderr
     hidden, kv = 64 * 4, 2 * 2 * 16 * 2 * 4  # float32 buffer row; 2 layers x 2 KV heads x 16 x (k, v)
-    assert plan.json["frames"] == 5
+    assert plan.json["frames"] == 5 and plan.json["tokens_per_frame"] == per_unit / 2
     assert plan.json["per_frame_bytes"] == -(-per_unit * (hidden + kv) // 2)
     assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 32768 // per_unit * 2
     out = cli("ask", path, "What?", "--model", budget_checkpoint, "--max-new-tokens", 2, "--json", "-q",

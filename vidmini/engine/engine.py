@@ -218,9 +218,8 @@ class Engine:
 
     @property
     def tokens_per_frame(self) -> int | float:
-        """LLM tokens a frame leaves: K, or K over the frames of a multi-frame unit."""
-        per = self.model.tokens_per_unit / self.model.frames_per_unit
-        return int(per) if per == int(per) else per
+        """LLM tokens a frame of the current video leaves (capacity.tokens_per_video_frame)."""
+        return capacity.tokens_per_video_frame(self.shape)
 
     def kv_bytes_per_token(self) -> int:
         return capacity.kv_bytes_per_token(self.shape, self.dtype)

@@ -233,7 +233,8 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     return {"model": model_id, "video": video, "duration_s": duration, "frames_planned": wanted, "frames": frames,
             "frames_limited_by": limit.reason if frames < wanted else None, "device": device,
             "dtype": str(dt).replace("torch.", ""), "quantize": quantize, "batch_size": batch,
-            "weights_bytes": weight_bytes, "per_frame_bytes": per_frame, "working_set_bytes": working,
+            "weights_bytes": weight_bytes, "tokens_per_frame": capacity.tokens_per_video_frame(config),
+            "per_frame_bytes": per_frame, "working_set_bytes": working,
             "expected_peak_bytes": peak, "fits": capacity.fits_on_cards(peak),
             "longest_video_at_1fps": capacity.projection(weight_bytes + working, per_frame, config)}
 
@@ -251,7 +252,8 @@ def print_dry_run(plan: dict) -> None:
         + (f" (of {plan['frames_planned']} planned; limited by {plan['frames_limited_by']})"
            if plan["frames_limited_by"] else ""),
         f"model: {plan['model']} on {plan['device']}, {plan['dtype']}, quantize {plan['quantize']}, batch {plan['batch_size']}",
-        f"weights {plan['weights_bytes'] / GIB:.2f} GiB + {plan['per_frame_bytes'] / 1e6:.3f} MB/frame x "
+        f"weights {plan['weights_bytes'] / GIB:.2f} GiB + {plan['per_frame_bytes'] / 1e6:.3f} MB/frame "
+        f"({plan['tokens_per_frame']} tokens) x "
         f"{plan['frames']} + working set {plan['working_set_bytes'] / GIB:.2f} GiB",
         f"expected peak: {plan['expected_peak_bytes'] / GIB:.2f} GiB (estimate); fits: "
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in plan["fits"].items()),

@@ -130,7 +130,8 @@ def model_frame(rgb: np.ndarray, rotation: int, geometry: FrameGeometry = FrameG
     if geometry.resize == BICUBIC:
         import torch
 
-        chw = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]  # [1, 3, H, W]
+        # torch wants a writable array (Pillow's and decord's are read-only); a copy only when it is not one
+        chw = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)[None]  # [1, 3, H, W]
         out = resize_bicubic(chw.contiguous(), (geometry.height, geometry.width))
         return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
     return np.ascontiguousarray(squash(rgb, geometry.height, geometry.width))
