@@ -297,7 +297,9 @@ def test_engine_at_native_k_equals_the_models_forward_and_generate(qwen, qwen_ch
 
 
 def test_ask_answers_with_and_without_visionzip(qwen_checkpoint, cli):
-    for k, per_unit in ((None, 16), (5, 10), (1, 2)):
+    # The sample is 320 x 240: the processor's 112 x 84 frame (within the tiny's 112 * 112 pixels) has 4 x 3 merged
+    # tokens per unit; K = 5 keeps 10 of them, K = 1 keeps 2.
+    for k, per_unit in ((None, 12), (5, 10), (1, 2)):
         extra = [] if k is None else ["--tokens-per-frame", k]
         out = cli("ask", SAMPLE, "What colours?", "Where?", "--model", qwen_checkpoint, "--max-frames", 5,
                   "--max-new-tokens", 3, "--json", "-q", *extra)
@@ -312,10 +314,10 @@ def test_dry_run_and_profile_memory(qwen_checkpoint, cli):
     plan = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--dry-run", "--json")
     assert plan.code == 0, plan.stderr
     assert plan.json["frames"] == 6 and plan.json["weights_bytes"] > 0
-    # 8 tokens per frame (16 per unit of 2): the buffer's 64 floats each + the KV cache's 2 layers x 2 heads x 16 x
-    # (k, v) floats; the 32768-position context holds 2048 units = 4096 frames.
-    assert plan.json["per_frame_bytes"] == 8 * (64 * 4 + 2 * 2 * 16 * 2 * 4)
-    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 4096
+    # The sample's 112 x 84 frames: 6 tokens per frame (12 per unit of 2): the buffer's 64 floats each + the KV
+    # cache's 2 layers x 2 heads x 16 x (k, v) floats; the 32768-position context holds 2730 units = 5460 frames.
+    assert plan.json["per_frame_bytes"] == 6 * (64 * 4 + 2 * 2 * 16 * 2 * 4)
+    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 32768 // 12 * 2
     out = cli("ask", SAMPLE, "What?", "--model", qwen_checkpoint, "--max-frames", 6, "--max-new-tokens", 2, "--json",
               "-q", "--profile-memory", "--tokens-per-frame", 3)
     assert out.code == 0, out.stderr
@@ -417,17 +419,34 @@ def test_ask_evidence_json(qwen_checkpoint, cli):
             assert 0 <= m["start_s"] <= m["end_s"] <= duration and 0 < m["score"] <= 1
 
 
-def test_frame_side_from_the_checkpoints_processor_files(tmp_path):
-    from vidmini.families.qwen2_5_vl.family import frame_side, read_settings
+def test_frame_size_follows_the_processor_files_transformers_reads(tmp_path):
+    """The files in transformers' order (processor_config.json's nested video processor, then
+    video_preprocessor_config.json, then the image processor's preprocessor_config.json), and each video's frame
+    is smart_resize of its display size within that budget: no cap of vidmini's own."""
+    from vidmini.families.qwen2_5_vl.family import frame_geometry, read_settings
+    from vidmini.errors import ModelLoadError
 
-    # The Hub's layout: only the image processor's config, with a still image's budget -> the video budget.
+    def size(width: int, height: int) -> tuple[int, int]:
+        geometry = frame_geometry(read_settings(str(tmp_path)), width, height)
+        return geometry.height, geometry.width
+
+    # The Hub's layout: only the image processor's config; its still-image budget is the video's too.
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}))
-    assert frame_side(read_settings(str(tmp_path))) == 756  # 776 px would round to 784 > the budget: 27 * 28
-    # transformers 5's processor.save_pretrained: one processor_config.json, the video processor nested.
+    assert size(320, 240) == (252, 308)  # each side rounded to the nearest multiple of 28
+    assert size(1920, 1080) == (1092, 1932)  # within 12845056: full resolution
+    assert size(240, 320) == (308, 252)  # a portrait (rotated) video
+    # A video processor config takes precedence (transformers 5's save_pretrained writes one).
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28}}))
+    assert size(1920, 1080) == (560, 1008)
+    # processor_config.json with the video processor nested comes first of all.
     (tmp_path / "processor_config.json").write_text(json.dumps(
         {"video_processor": {"size": {"shortest_edge": 3136, "longest_edge": 200 * 200}}}))
-    assert frame_side(read_settings(str(tmp_path))) == 196
+    assert size(200, 200) == (196, 196)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"video_processor": {"cap_pixels_per_frame": True}}))
+    with pytest.raises(ModelLoadError, match="cap_pixels_per_frame"):
+        read_settings(str(tmp_path))
 
 
 def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
@@ -443,7 +462,7 @@ def test_hub_layout_answers_the_same(qwen_checkpoint, cli, tmp_path):
     args = [SAMPLE, "What colours?", "--max-frames", 4, "--max-new-tokens", 4, "--json", "-q"]
     ours, theirs = cli("ask", "--model", qwen_checkpoint, *args), cli("ask", "--model", hub, *args)
     assert ours.code == theirs.code == 0, theirs.stderr
-    assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 8
+    assert ours.json["answers"] == theirs.json["answers"] and theirs.json["tokens_per_frame"] == 6
 
 
 def test_summarize_with_chapters_that_cut_a_unit(qwen_checkpoint, cli, tmp_path):
@@ -479,3 +498,195 @@ def test_reduced_tokens_keep_their_positions_through_the_engine(qwen, qwen_check
         if name == "reduced":
             assert span.tokens == 3 * 6 and torch.equal(ids[:, 1:] - 10, span.grid)  # 3 units of 6 tokens
     assert positions["reduced"] <= positions["native"]  # every kept token sits where the model put it
+
+
+# ---- non-square videos: vidmini's answers are the model's own generate over the processor's frames --------------
+def own_frames(path: str) -> tuple[torch.Tensor, float]:
+    """The frames the acceptance check would give the processor, by this test's own reading of the file: every
+    frame decoded with PyAV to RGB, turned upright by its rotation, then at each of vidmini's 1 fps sample times
+    the frame on screen (the last one that starts at or before it). [T, H, W, 3] uint8 and the rate."""
+    import av
+    import numpy as np
+
+    from vidmini.inputs.video import make_plan, probe
+
+    info = probe(path)
+    times = info.start_s + make_plan(info, "time", 1.0).times_s
+    decoded = []  # (presentation time, upright RGB)
+    with av.open(path) as container:
+        for frame in container.decode(video=0):
+            picture = frame.to_ndarray(format="rgb24")
+            if frame.rotation % 360:
+                picture = np.rot90(picture, k=(frame.rotation // 90) % 4)  # counter-clockwise degrees
+            decoded.append((frame.time, np.ascontiguousarray(picture)))
+    # Frames come out in display order; an AVI with B-frames labels some with swapped times (0.12 after 0.16), so
+    # a frame starts at the latest time seen so far, as a player showing them in that order would.
+    starts = np.maximum.accumulate(np.array([t for t, _ in decoded]))
+    shown = [max(0, int(np.searchsorted(starts, t, side="right")) - 1) for t in times]
+    return torch.from_numpy(np.stack([decoded[i][1] for i in shown])), 1.0
+
+
+def rendered_clip(folder, width: int, height: int, seconds: int = 5) -> str:
+    """An H.264 clip of this test's own: smooth colours and a moving square, `width` x `height`, 4 fps."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    path = str(folder / f"clip_{width}x{height}.mp4")
+    y, x = np.mgrid[0:height, 0:width]
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(seconds * 4):
+            picture = np.stack([(x * 255 // width + 20 * i) % 256, y * 255 // height,
+                                np.full_like(x, 60 * (i // 4) % 256)], axis=-1).astype(np.uint8)
+            left = 10 * i % max(1, width - 40)
+            picture[height // 3 : height // 3 + 40, left : left + 40] = 255
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 4)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def non_square_videos(folder) -> list[str]:
+    from tests.conftest import CORPUS
+
+    shared = [CORPUS / n for n in ("mpeg4asp_mp3_320x240_mmaction2.avi", "av1_640x360_torchcodec.mkv",
+                                   "h264_mov_rot90_3frames_decord.mov")]
+    return [rendered_clip(folder, 426, 240), rendered_clip(folder, 240, 320)] + [str(p) for p in shared if p.exists()]
+
+
+@pytest.fixture(scope="module")
+def budget_checkpoint(tmp_path_factory) -> str:
+    """The tiny checkpoint with a larger frame budget (up to 224 x 224 pixels) in the Hub's layout: only the image
+    processor's preprocessor_config.json, which is then the video processor's config too."""
+    folder = write_checkpoint(str(tmp_path_factory.mktemp("qwen-budget") / "ckpt"), max_pixels=224 * 224)
+    os.remove(os.path.join(folder, "video_preprocessor_config.json"))
+    return folder
+
+
+def test_ask_on_non_square_videos_is_the_models_own_generate(budget_checkpoint, cli, tmp_path, monkeypatch):
+    """What the acceptance check does with a checkpoint made elsewhere: frames sampled at 1 fps by its own code,
+    the processor's pixels (our preprocess; the processor itself where torchvision is installed), the model's own
+    `generate`; against `vidmini ask` in process. The tokens must be the same, pick for pick."""
+    import importlib.util
+
+    import vidmini.engine.engine
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from tests.conftest import lead
+    from vidmini.families.qwen2_5_vl.family import read_settings
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(budget_checkpoint, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(budget_checkpoint)
+    settings = read_settings(budget_checkpoint)
+    assert settings.max_pixels == 224 * 224  # read from preprocessor_config.json, as the video processor reads it
+    processor = None
+    if importlib.util.find_spec("torchvision"):
+        from transformers import AutoVideoProcessor
+
+        processor = AutoVideoProcessor.from_pretrained(budget_checkpoint)
+    picks: list[int] = []
+    leads: list[float] = []
+    real = vidmini.engine.engine.greedy
+
+    def recording(logits):
+        leads.append(lead(logits))
+        picks.append(real(logits))
+        return picks[-1]
+
+    monkeypatch.setattr(vidmini.engine.engine, "greedy", recording)
+    sizes = set()
+    for path in non_square_videos(tmp_path):
+        frames, fps = own_frames(path)
+        inputs = own_inputs(model, tokenizer, frames, settings, fps)
+        sizes.add(tuple(int(v) for v in inputs["video_grid_thw"][0, 1:]))
+        if processor is not None:
+            theirs = processor(videos=[frames.numpy()], return_tensors="pt", cap_pixels_per_frame=False)
+            assert torch.equal(inputs["pixel_values_videos"], theirs["pixel_values_videos"])
+            assert torch.equal(inputs["video_grid_thw"], theirs["video_grid_thw"])
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        want = out[0, inputs["input_ids"].shape[1] :].tolist()
+        picks.clear()
+        result = cli("ask", path, QUESTION, "--model", budget_checkpoint, "--max-new-tokens", 8, "--json", "-q")
+        assert result.code == 0, result.stderr
+        assert result.json["frames_used"] == len(frames), path
+        assert picks == want, path
+        assert result.json["answers"][0]["answer"] == tokenizer.decode(want, skip_special_tokens=True).strip()
+    assert len({h / w for h, w in sizes}) >= 3  # landscape, portrait and other ratios, not one square
+    assert min(leads) > 1e-4  # no pick that float noise could flip
+
+
+def test_dry_run_and_profile_memory_follow_a_non_square_video(budget_checkpoint, cli, tmp_path):
+    """--dry-run's numbers are the video's own frame size, and the run's --profile-memory agrees with them."""
+    from vidmini.families.qwen2_5_vl.family import frame_geometry, read_settings
+
+    path = rendered_clip(tmp_path, 426, 240)
+    geometry = frame_geometry(read_settings(budget_checkpoint), 426, 240)
+    per_unit = (geometry.height // 28) * (geometry.width // 28)
+    # 426 x 240 rounds to 252 x 420 pixels, over 224 * 224: both sides scale by 1.43 and floor to multiples of 28.
+    assert (geometry.height, geometry.width) == (168, 280) and per_unit == 60
+    plan = cli("ask", path, "What?", "--model", budget_checkpoint, "--dry-run", "--json")
+    assert plan.code == 0, plan.stderr
+    hidden, kv = 64 * 4, 2 * 2 * 16 * 2 * 4  # float32 buffer row; 2 layers x 2 KV heads x 16 x (k, v)
+    assert plan.json["frames"] == 5 and plan.json["tokens_per_frame"] == per_unit / 2
+    assert plan.json["per_frame_bytes"] == -(-per_unit * (hidden + kv) // 2)
+    assert plan.json["longest_video_at_1fps"]["24GB"]["frames"] == 32768 // per_unit * 2
+    out = cli("ask", path, "What?", "--model", budget_checkpoint, "--max-new-tokens", 2, "--json", "-q",
+              "--profile-memory")
+    assert out.code == 0, out.stderr
+    memory = out.json["memory"]
+    assert out.json["tokens_per_frame"] == per_unit / 2
+    assert memory["token_buffer"]["bytes_per_frame"] == per_unit * hidden // 2
+    assert memory["token_buffer"]["frames"] == 5
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_both_decoders_and_the_cache_hand_over_the_processors_pixels(budget_checkpoint, cli, tmp_path, decoder):
+    """Each decoder resizes every frame from its full resolution as the processor does (bicubic, antialiased), to
+    the video's own size; the frame cache keeps those frames under that size, and answers from them the same."""
+    from vidmini.families.qwen2_5_vl.family import frame_geometry, read_settings
+    from vidmini.inputs.video import StreamOptions, decode_all, make_plan, probe
+    from vidmini.inputs.video.decord_decoder import available
+    from vidmini.inputs.video.frames import resize_bicubic
+
+    if decoder == "decord" and not available():
+        pytest.skip("decord is not installed")
+    path = rendered_clip(tmp_path, 426, 240)
+    info = probe(path)
+    geometry = frame_geometry(read_settings(budget_checkpoint), info.display_width, info.display_height)
+    ours, stream = decode_all(info, make_plan(info, "time", 1.0), StreamOptions(decoder=decoder, geometry=geometry))
+    frames, _ = own_frames(path)
+    want = resize_bicubic(frames.permute(0, 3, 1, 2).contiguous(), (geometry.height, geometry.width))
+    assert stream.backend == decoder and ours.shape == (len(frames), 168, 280, 3)
+    assert torch.equal(torch.from_numpy(ours), want.permute(0, 2, 3, 1))
+    args = [path, QUESTION, "--model", budget_checkpoint, "--max-new-tokens", 4, "--decoder", decoder, "--json", "-q"]
+    first, again = cli("ask", *args), cli("ask", *args)
+    assert first.code == again.code == 0, first.stderr + again.stderr
+    assert not first.json["from_cache"] and again.json["from_cache"]
+    assert first.json["answers"] == again.json["answers"]
+
+
+def test_summarize_gives_each_video_its_own_frame_size(budget_checkpoint, cli, tmp_path):
+    """A folder of a landscape and a portrait clip through one loaded model: each file's summary is what `ask`
+    answers to the same prompt on that file alone, at that file's frame size (the non-square test above shows
+    ask's frames are the processor's)."""
+    from vidmini.jobs.summarize import SUMMARY_PROMPT
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    paths = [rendered_clip(folder, 426, 240), rendered_clip(folder, 240, 320)]
+    report = tmp_path / "r.jsonl"
+    out = cli("summarize", folder, "-o", report, "--model", budget_checkpoint, "--max-new-tokens", 4, "-q")
+    assert out.code == 0, out.stderr
+    records = {r["path"]: r for r in map(json.loads, report.read_text().splitlines())}
+    for path in paths:
+        alone = cli("ask", path, SUMMARY_PROMPT, "--model", budget_checkpoint, "--max-new-tokens", 4, "--json", "-q")
+        assert alone.code == 0, alone.stderr
+        record = next(r for p, r in records.items() if os.path.basename(p) == os.path.basename(path))
+        assert record["error"] is None and record["summary"] == alone.json["answers"][0]["answer"], path

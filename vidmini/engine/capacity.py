@@ -47,6 +47,12 @@ def tokens_per_frame(config) -> int:
     return config.tokens if isinstance(config, FrameShape) else config.compressor_size**2
 
 
+def tokens_per_video_frame(config) -> int | float:
+    """LLM tokens one frame leaves: K, or K over the frames of a multi-frame unit (an int when whole)."""
+    per = tokens_per_frame(config) / frames_per_unit(config)
+    return int(per) if per == int(per) else per
+
+
 def frames_per_unit(config) -> int:
     return config.frames_per_unit if isinstance(config, FrameShape) else 1
 

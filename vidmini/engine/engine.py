@@ -156,7 +156,7 @@ class _Held:
 
     def __init__(self, per_unit: int):
         self.per_unit = per_unit
-        self.frames: np.ndarray | None = None  # [< per_unit, S, S, 3]
+        self.frames: np.ndarray | None = None  # [< per_unit, H, W, 3]
         self.times: np.ndarray | None = None
 
     def take(self, frames: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -201,7 +201,8 @@ class Frames:
 class Engine:
     def __init__(self, model, tokenizer, options: EngineOptions | None = None, recorder: Recorder | None = None):
         self.options = options or EngineOptions()
-        self.model = adapt(model, tokenizer, prefusion_tokens=self.options.prefusion_tokens)  # families.registry
+        self.family_model = adapt(model, tokenizer, prefusion_tokens=self.options.prefusion_tokens)  # vidmini.families.registry
+        self.model = self.family_model  # at the current video's geometry (use_geometry)
         self.tokenizer = tokenizer
         self.device = self.model.device
         self.dtype = self.model.compute_dtype
@@ -214,11 +215,25 @@ class Engine:
         self.measured_kv_bytes_per_token: int | None = None  # from the real cache tensors, after an answer
         self.role_header = role_header_ids(tokenizer)  # never part of an answer (answer_tokens)
 
+    def use_video(self, width: int, height: int):
+        """Take the frame geometry the family gives a video displayed at width x height (FrameModel.geometry_for)
+        and return it: what the decoder resizes to."""
+        return self.use_geometry(self.family_model.geometry_for(width, height))
+
+    def use_geometry(self, geometry):
+        """Frames of `geometry` from now on: the model's view of it (FrameModel.at) and, when that changes, what a
+        unit costs and the vision batch chosen from it. The fixed-geometry families never change here, so the
+        engine's state (a batch already lowered for an earlier video) stays as it was."""
+        if geometry != self.geometry:
+            self.model = self.frames.model = self.family_model.at(geometry)
+            self.geometry, self.shape = geometry, self.model.shape
+            self.batch_size = self.options.batch_size or capacity.auto_batch_size(self.shape, self.dtype, self.device)
+        return geometry
+
     @property
     def tokens_per_frame(self) -> int | float:
-        """LLM tokens a frame leaves: K, or K over the frames of a multi-frame unit."""
-        per = self.model.tokens_per_unit / self.model.frames_per_unit
-        return int(per) if per == int(per) else per
+        """LLM tokens a frame of the current video leaves (capacity.tokens_per_video_frame)."""
+        return capacity.tokens_per_video_frame(self.shape)
 
     def kv_bytes_per_token(self) -> int:
         return capacity.kv_bytes_per_token(self.shape, self.dtype)
@@ -264,7 +279,7 @@ class Engine:
         return encoded
 
     def _write(self, piece, encoded: Encoded, scratch) -> None:
-        """Encode whole units of frames (pixels [n, S, S, 3], times [n], real frames) into the buffer."""
+        """Encode whole units of frames (pixels [n, H, W, 3], times [n], real frames) into the buffer."""
         frames, times, real = piece
         if not len(frames):
             return
@@ -290,7 +305,7 @@ class Engine:
 
     def _encoded(self, frames, encoded: Encoded, scratch: PixelBuffer | None = None):
         """UnitTokens for the frames (whole units), in pieces small enough to fit."""
-        pixels = torch.from_numpy(frames).to(self.device)  # [B, S, S, 3] uint8: 4x less to move than floats
+        pixels = torch.from_numpy(frames).to(self.device)  # [B, H, W, 3] uint8: 4x less to move than floats
         per_unit = self.model.frames_per_unit
         stage = self.model.fusion_stage
         lo = 0
@@ -300,7 +315,7 @@ class Engine:
             out = scratch.take(piece.numel()) if scratch is not None else None
             try:
                 with self.recorder.stage("vision encode"):
-                    pv = normalize(piece, self.stats, out)  # [b, 3, S, S] fp32 from uint8 [b, S, S, 3]
+                    pv = normalize(piece, self.stats, out)  # [b, 3, H, W] fp32 from uint8 [b, H, W, 3]
                     result = self.model.encode(pv, encoded)
                 if stage is not None:
                     with self.recorder.stage(stage):

@@ -9,7 +9,8 @@ Two objects per family, both declared here and nowhere else:
   out of them; everything the engine, `ask`, the capacity rules and the memory report need is a member here, so
   none of them asks what family it holds.
 
-The data flow (docs/architecture.md): decoded frames [B, S, S, 3] uint8 -> normalised by the engine with
+The data flow (docs/architecture.md): decoded frames [B, H, W, 3] uint8 at the video's geometry
+(`geometry_for` its display size; the family's view of that geometry is `at(geometry)`) -> normalised by the engine with
 `image_mean` / `image_std` -> `encode` (the vision tower, per frame) -> `fuse` (the family's own step that mixes
 in the questions, LLaVA-Mini's pre-fusion; identity elsewhere) -> `UnitTokens` written into the token buffer ->
 per question `[prefix | frame tokens | after_frames | suffix]` through `language_forward` with the KV cache, at
@@ -135,7 +136,18 @@ class FrameModel(ABC):
     @property
     @abstractmethod
     def geometry(self) -> FrameGeometry:
-        """How a decoded frame becomes the model's square input (size, crop): the decoder resizes to it."""
+        """How a decoded frame becomes the model's input (size, crop, resize) before a video is known, and for
+        every video of a family whose frames do not depend on the video (the LLaVA families' squares)."""
+
+    def geometry_for(self, width: int, height: int) -> FrameGeometry:
+        """The frame geometry for a video (or image) displayed at width x height (rotation applied): the decoder
+        resizes to it. Default: the fixed `geometry`."""
+        return self.geometry
+
+    def at(self, geometry: FrameGeometry) -> FrameModel:
+        """This model for frames of `geometry` (what `geometry_for` gave): the same weights, with the tokens per
+        unit and the cost of a unit (`shape`) that frames of that size have. Default: itself (fixed geometry)."""
+        return self
 
     @property
     @abstractmethod
@@ -148,7 +160,7 @@ class FrameModel(ABC):
         """Per-channel standard deviation of the model's pixel normalisation."""
 
     def image_frame(self, image) -> Any:
-        """A still image (PIL) as one frame [S, S, 3] uint8 the way the model's own image path prepares it, or
+        """A still image (PIL) as one frame [H, W, 3] uint8 the way the model's own image path prepares it, or
         None to treat it as one frame of a video at `geometry` (the default)."""
         return None
 
@@ -194,7 +206,7 @@ class FrameModel(ABC):
 
     @abstractmethod
     def encode(self, pixel_values: torch.Tensor, frame_pass: FramePass) -> Any:
-        """pixel_values [U * frames_per_unit, 3, S, S] float, normalised -> the vision side's output for U units
+        """pixel_values [U * frames_per_unit, 3, H, W] float, normalised -> the vision side's output for U units
         (whatever `fuse` takes; for a family without fusion, the UnitTokens themselves)."""
 
     def fuse(self, encoded: Any, frame_pass: FramePass, first_frame: int) -> UnitTokens:
@@ -257,9 +269,12 @@ class Family(ABC):
     # empty: the family refuses --quantize
 
     @abstractmethod
-    def frame_shape(self, folder: str, options: LoadOptions, prefusion_tokens: int | None) -> FrameShape:
-        """What a unit costs, from the checkpoint's config alone; raises UsageError (exit 2) when an option does
-        not suit the family (--tokens-per-frame above native, --prefusion-tokens elsewhere than LLaVA-Mini)."""
+    def frame_shape(self, folder: str, options: LoadOptions, prefusion_tokens: int | None,
+                    display: tuple[int, int] | None = None) -> FrameShape:
+        """What a unit costs, from the checkpoint's config alone, for frames of a video displayed at `display`
+        (width, height; None: before a video is known, the most a unit may cost); raises UsageError (exit 2) when
+        an option does not suit the family (--tokens-per-frame above native, --prefusion-tokens elsewhere than
+        LLaVA-Mini)."""
 
     @abstractmethod
     def load(self, folder: str, options: LoadOptions, device: str, dtype) -> tuple[Any, Any]:

@@ -208,23 +208,24 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     from vidmini.families.checkpoint_files import model_type
     from vidmini.families.registry import family
     from vidmini.families.loading import LoadOptions, locate_checkpoint, pick_device, pick_dtype
-    from vidmini.inputs.sources import is_image, plan_video
+    from vidmini.inputs.sources import image_size, is_image, plan_video
 
     options = LoadOptions(model_id, device, dtype, quantize, tokens_per_frame=tokens_per_frame)
     path = locate_checkpoint(model_id, weights=False)
     found = family(model_type(path))
-    config = found.frame_shape(path, options, prefusion_tokens)
+    if is_image(video):
+        wanted, duration, display = 1, None, image_size(video)
+    else:
+        planned = plan_video(video, sampling)
+        wanted, duration = len(planned.plan), planned.info.duration_s
+        display = planned.info.display_width, planned.info.display_height
+    config = found.frame_shape(path, options, prefusion_tokens, display)  # this video's frames: their size and cost
     prompt_tokens = found.prompt_length(path, questions)
     device = pick_device(device)
     dt = pick_dtype(dtype, device)
     weights = weights_by_component(found.meta_model(path))
     weight_bytes = _weight_bytes(weights, quantize, torch.finfo(dt).bits, found.quantized_parts)
     batch = batch_size or capacity.auto_batch_size(config, dt, device)
-    if is_image(video):
-        wanted, duration = 1, None
-    else:
-        planned = plan_video(video, sampling)
-        wanted, duration = len(planned.plan), planned.info.duration_s
     limit = capacity.frame_capacity(config, dt, batch, capacity.free_bytes(device), prompt_tokens, max_new_tokens)
     frames = min(wanted, limit.frames)
     peak = capacity.expected_peak(weight_bytes, frames, config, dt, batch, max_new_tokens)
@@ -233,7 +234,8 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
     return {"model": model_id, "video": video, "duration_s": duration, "frames_planned": wanted, "frames": frames,
             "frames_limited_by": limit.reason if frames < wanted else None, "device": device,
             "dtype": str(dt).replace("torch.", ""), "quantize": quantize, "batch_size": batch,
-            "weights_bytes": weight_bytes, "per_frame_bytes": per_frame, "working_set_bytes": working,
+            "weights_bytes": weight_bytes, "tokens_per_frame": capacity.tokens_per_video_frame(config),
+            "per_frame_bytes": per_frame, "working_set_bytes": working,
             "expected_peak_bytes": peak, "fits": capacity.fits_on_cards(peak),
             "longest_video_at_1fps": capacity.projection(weight_bytes + working, per_frame, config)}
 
@@ -251,7 +253,8 @@ def print_dry_run(plan: dict) -> None:
         + (f" (of {plan['frames_planned']} planned; limited by {plan['frames_limited_by']})"
            if plan["frames_limited_by"] else ""),
         f"model: {plan['model']} on {plan['device']}, {plan['dtype']}, quantize {plan['quantize']}, batch {plan['batch_size']}",
-        f"weights {plan['weights_bytes'] / GIB:.2f} GiB + {plan['per_frame_bytes'] / 1e6:.3f} MB/frame x "
+        f"weights {plan['weights_bytes'] / GIB:.2f} GiB + {plan['per_frame_bytes'] / 1e6:.3f} MB/frame "
+        f"({plan['tokens_per_frame']} tokens) x "
         f"{plan['frames']} + working set {plan['working_set_bytes'] / GIB:.2f} GiB",
         f"expected peak: {plan['expected_peak_bytes'] / GIB:.2f} GiB (estimate); fits: "
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in plan["fits"].items()),

@@ -204,7 +204,7 @@ class FrameCache:
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
         meta = self.meta()
         count = meta["count"]
-        frames = np.memmap(self._entry.frames, dtype=np.uint8, mode="r", shape=(count, self.geometry.size, self.geometry.size, 3))
+        frames = np.memmap(self._entry.frames, dtype=np.uint8, mode="r", shape=(count, *self.geometry.frame_shape))
         times, positions = np.asarray(meta["times_s"]), np.asarray(meta["positions"])
         for lo in range(0, count, batch_size):
             hi = min(count, lo + batch_size)

@@ -39,6 +39,7 @@ class Source:
     decoder: str = ""
     times_s: np.ndarray | None = None  # planned sample times (video sources)
     cache: FrameCache | None = None
+    geometry: FrameGeometry | None = None  # the frames' size and resize (image sources; a video's is its stream's)
 
 
 def check_input(path: str, sampling: Sampling | None = None) -> None:
@@ -107,9 +108,16 @@ def read_image(path: str):
         return upright.convert("RGB"), frames
 
 
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) of the image as `open_image` reads it (upright, reduced if huge): the size a family's
+    frame geometry is chosen from (the dry run's, without a model)."""
+    return read_image(path)[0].size
+
+
 def open_image(path: str, model=None, geometry: FrameGeometry | None = None) -> Source:
     """An image as a one-frame source: the model's own image path where its family has one (FrameModel.image_frame:
-    LLaVA-Mini pads or crops as the reference), else one frame of a video at `geometry` (the model's, by default)."""
+    LLaVA-Mini pads or crops as the reference), else one frame of a video at `geometry` (by default the one the
+    model gives a video of the image's size, FrameModel.geometry_for)."""
     from PIL import UnidentifiedImageError
 
     check_input_file(path, "image file")
@@ -118,12 +126,13 @@ def open_image(path: str, model=None, geometry: FrameGeometry | None = None) -> 
     except (UnidentifiedImageError, OSError) as err:
         raise VideoError(f"{path}: not a readable image ({err})")
     pixels = model.image_frame(image) if model is not None else None
+    geometry = geometry or (model.geometry_for(*image.size) if model is not None else FrameGeometry())
     if pixels is None:
-        pixels = model_frame(np.asarray(image), 0, geometry or model.geometry)
+        pixels = model_frame(np.asarray(image), 0, geometry)
     notes = [f"{path} is an animated image of {frames} frames: the model sees its first frame only "
              "(convert it to a video to ask about all of them)"] if frames > 1 else []
     batch = FrameBatch(pixels[None], np.zeros(1), np.zeros(1, dtype=np.int64))
-    return Source(path, "image", 1, None, lambda: iter([batch]), notes=notes, decoder="pillow")
+    return Source(path, "image", 1, None, lambda: iter([batch]), notes=notes, decoder="pillow", geometry=geometry)
 
 
 @dataclass

@@ -239,9 +239,12 @@ def _cache_info(source: Source) -> dict | None:
 def _open_source(engine: Engine, path: str, sampling: Sampling, decoder: str, use_cache: bool,
                  questions: list[str], decode_workers: int = 1) -> Source:
     if is_image(path):
-        return open_image(path, engine.model)
+        source = open_image(path, engine.family_model)
+        engine.use_geometry(source.geometry)
+        return source
     prompt_tokens = max(len(engine.prompt_ids(q)) for q in questions)
     planned = plan_video(path, sampling)
+    engine.use_video(planned.info.display_width, planned.info.display_height)  # first: the frames' size and cost
     capacity = engine.frame_capacity(prompt_tokens, len(planned.plan))  # first: it may lower the batch
     stream = StreamOptions(decoder=decoder, batch_size=engine.batch_size, workers=decode_workers,
                            geometry=engine.geometry)

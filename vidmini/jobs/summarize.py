@@ -220,6 +220,7 @@ def summarize_file(engine, path: str, options: SummarizeOptions, bar=None) -> di
         sampling = Sampling("time", options.fps, options.max_frames)
         prompt_tokens = max(len(engine.prompt_ids(q)) for q in [SUMMARY_PROMPT, CHAPTER_PROMPT, *options.questions])
         planned = plan_video(path, sampling)
+        engine.use_video(planned.info.display_width, planned.info.display_height)  # each video its own geometry
         capacity = engine.frame_capacity(prompt_tokens, len(planned.plan))  # first: it may lower the batch
         source = open_video(planned, sampling, capacity, StreamOptions(
             decoder=options.decoder, batch_size=engine.batch_size, geometry=engine.geometry), use_cache=False)

@@ -343,7 +343,7 @@ class HFVideo(Family):
     model_types = FAMILIES
     name = " / ".join(NAMES[t] for t in FAMILIES)
 
-    def frame_shape(self, folder, options, prefusion_tokens=None) -> capacity.FrameShape:
+    def frame_shape(self, folder, options, prefusion_tokens=None, display=None) -> capacity.FrameShape:
         config = _config(folder)
         check_tokens_per_frame(config, config.model_type, options.model, options.tokens_per_frame)
         if prefusion_tokens is not None:

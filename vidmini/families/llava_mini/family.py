@@ -142,7 +142,7 @@ class LlavaMini(Family):
     name = NAMES[MODEL_TYPE]
     quantized_parts = ("llm", "prefusion")
 
-    def frame_shape(self, folder, options, prefusion_tokens=None) -> capacity.FrameShape:
+    def frame_shape(self, folder, options, prefusion_tokens=None, display=None) -> capacity.FrameShape:
         _refuse_tokens_per_frame(options)
         from vidmini.families.llava_mini.checkpoint import prepare_config
 

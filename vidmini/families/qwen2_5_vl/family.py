@@ -2,13 +2,13 @@
 
 A unit is temporal_patch_size (2) consecutive frames: the engine hands `encode` whole units (completing the last
 by repeating the video's last frame, as the processor pads), and each unit leaves its merged tokens, or the K per
-frame (2K per unit) that VisionZip keeps, in the buffer with their (row, col). Frames are squares of the largest
-side the per-frame pixel budget allows (`frame_side`; the buffer's geometry is square). The processor would keep
-the video's aspect ratio, so vidmini's pixels differ from its by that resize only: given vidmini's frames, the
-processor leaves their size as it is and its other steps are the ones vidmini.families.qwen2_5_vl.preprocess
-writes (the engine normalises as (v/255 - mean)/std, the processor as (v - 255 mean)/(255 std): the same to
-within a float32 rounding). The prompt is the checkpoint's chat template with the video before the
-question; M-RoPE positions come from vidmini.families.qwen2_5_vl.positions.
+frame (2K per unit) that VisionZip keeps, in the buffer with their (row, col). Each video's frames are what the
+checkpoint's video processor makes of them: `smart_resize` of the video's display size within the processor's
+min/max pixels (`geometry_for`), resized bicubic with antialiasing from the full-resolution decoded frame (the
+decoder does it frame by frame, vidmini.inputs.video.frames). Its other steps are the ones
+vidmini.families.qwen2_5_vl.preprocess writes (the engine normalises as (v/255 - mean)/std, the processor as
+(v - 255 mean)/(255 std): the same to within a float32 rounding). The prompt is the checkpoint's chat template
+with the video before the question; M-RoPE positions come from vidmini.families.qwen2_5_vl.positions.
 """
 
 from __future__ import annotations
@@ -26,36 +26,34 @@ from vidmini.families.interface import Family, FramePass, FrameModel, UnitTokens
 from vidmini.families.qwen2_5_vl.positions import video_positions
 from vidmini.families.qwen2_5_vl.preprocess import VideoSettings, patchify, smart_resize
 from vidmini.families.qwen2_5_vl.vision import UnitEncoder
-from vidmini.inputs.video.frames import FrameGeometry
+from vidmini.inputs.video.frames import BICUBIC, FrameGeometry
 
 MODEL_TYPE = "qwen2_5_vl"
 
 
-# Pixels per video frame at most: the video processor's own default (longest_edge) and qwen-vl-utils'
-# VIDEO_MAX_PIXELS. The Hub checkpoints ship only the image processor's config, whose max_pixels (12845056) is a
-# still image's budget; the processor would reach it only for a video that large, where vidmini's square frame
-# would reach it for every video.
-VIDEO_MAX_PIXELS = 768 * 28 * 28
+def frame_geometry(settings: VideoSettings, width: int, height: int) -> FrameGeometry:
+    """The processor's frame for a video displayed at width x height: smart_resize within its min/max pixels."""
+    h, w = smart_resize(height, width, settings.factor, settings.min_pixels, settings.max_pixels)
+    return FrameGeometry(h, None, w, BICUBIC)
 
 
-def frame_side(settings: VideoSettings) -> int:
-    """The square frame's side: what the processor makes of the largest square within the per-frame budget."""
-    budget = min(settings.max_pixels, VIDEO_MAX_PIXELS)
-    side = math.isqrt(budget)
-    return smart_resize(side, side, settings.factor, settings.min_pixels, budget)[0]
+def largest_geometry(settings: VideoSettings) -> FrameGeometry:
+    """The largest square frame the processor makes (of a square video at its max_pixels): the geometry before a
+    video is known, so that checks made then (--tokens-per-frame, the answer's room) hold for every video."""
+    side = math.isqrt(settings.max_pixels)
+    return frame_geometry(settings, side, side)
 
 
-def native_tokens_per_unit(settings: VideoSettings) -> int:
-    merged = frame_side(settings) // settings.factor
-    return merged * merged
+def native_tokens_per_unit(geometry: FrameGeometry, settings: VideoSettings) -> int:
+    return (geometry.height // settings.factor) * (geometry.width // settings.factor)
 
 
 def unit_budget(tokens_per_frame: int | None, settings: VideoSettings, name: str) -> int | None:
     """--tokens-per-frame K as tokens kept per unit (K per frame: K x frames per unit), None for the model's own;
-    UsageError (exit 2) above what the model gives."""
+    UsageError (exit 2) above what the model gives its largest frame (a smaller video keeps all it has)."""
     if tokens_per_frame is None:
         return None
-    native = native_tokens_per_unit(settings)
+    native = native_tokens_per_unit(largest_geometry(settings), settings)
     per_frame = native / settings.temporal_patch_size
     if tokens_per_frame > per_frame:
         raise UsageError(f"--tokens-per-frame {tokens_per_frame}: {name} has {per_frame:g} tokens per frame "
@@ -79,7 +77,8 @@ class QwenFrames(FrameModel):
 
     family = MODEL_TYPE
 
-    def __init__(self, model, tokenizer, settings: VideoSettings | None = None, keep: int | None = None):
+    def __init__(self, model, tokenizer, settings: VideoSettings | None = None, keep: int | None = None,
+                 geometry: FrameGeometry | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.config = model.config
         self.settings = settings or VideoSettings()
@@ -87,15 +86,26 @@ class QwenFrames(FrameModel):
         vision = model.config.vision_config
         if (vision.temporal_patch_size, vision.patch_size) != (self.frames_per_unit, self.settings.patch_size):
             raise ModelLoadError("the video preprocessor's patch sizes do not match the model's vision config")
-        self.side = frame_side(self.settings)
-        patches = self.side // self.settings.patch_size
-        self.encoder = UnitEncoder(model.model.visual, patches, patches, keep)
+        self.keep = keep
+        self._geometry = geometry or largest_geometry(self.settings)
+        p = self.settings.patch_size
+        self.encoder = UnitEncoder(model.model.visual, self._geometry.height // p, self._geometry.width // p, keep)
         self._prompts: dict[str, tuple[list[int], list[int]]] = {}
 
     # ---- frames in -------------------------------------------------------------------------------------------
     @property
     def geometry(self) -> FrameGeometry:
-        return FrameGeometry(self.side)
+        return self._geometry
+
+    def geometry_for(self, width: int, height: int) -> FrameGeometry:
+        return frame_geometry(self.settings, width, height)
+
+    def at(self, geometry: FrameGeometry) -> QwenFrames:
+        if geometry == self._geometry:
+            return self
+        view = QwenFrames(self.model, self.tokenizer, self.settings, self.keep, geometry)
+        view._prompts = self._prompts  # the prompts do not depend on the frames' size
+        return view
 
     @property
     def image_mean(self) -> list[float]:
@@ -116,7 +126,7 @@ class QwenFrames(FrameModel):
 
     @property
     def shape(self) -> capacity.FrameShape:
-        return unit_shape(self.config, self.settings, self.tokens_per_unit)
+        return unit_shape(self.config, self.settings, self.tokens_per_unit, self._geometry)
 
     # ---- the prompt ------------------------------------------------------------------------------------------
     def split(self, question: str) -> tuple[list[int], list[int]]:
@@ -131,7 +141,7 @@ class QwenFrames(FrameModel):
     # ---- the pass over the frames ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, pixel_values: torch.Tensor, frame_pass: FramePass) -> UnitTokens:
-        """[U * 2, 3, S, S] normalised -> UnitTokens [U, K, H] with each token's (row, col)."""
+        """[U * 2, 3, H, W] normalised -> UnitTokens [U, K, H] with each token's (row, col)."""
         patches, (units, _, _) = patchify(pixel_values, self.settings)
         return self.encoder(patches, units)
 
@@ -147,9 +157,9 @@ class QwenFrames(FrameModel):
         return self.model.get_input_embeddings().weight[:0]  # [0, H]: <|vision_end|> opens the suffix
 
     def positions(self, prefix: int, span: VideoSpan, after: int):
-        merged = self.side // self.settings.factor
+        merged = (self._geometry.height // self.settings.factor, self._geometry.width // self.settings.factor)
         return video_positions(prefix, span.times, span.grid, span.tokens_per_unit, span.frames_per_unit,
-                               self.config.vision_config.tokens_per_second, (merged, merged))
+                               self.config.vision_config.tokens_per_second, merged)
 
     # ---- the LLM ---------------------------------------------------------------------------------------------
     def language_forward(self, *, inputs_embeds, position_ids, cache, logits_to_keep: int):
@@ -178,25 +188,33 @@ class QwenFrames(FrameModel):
         return self.model.parameters()
 
 
-def unit_shape(config, settings: VideoSettings, tokens: int) -> capacity.FrameShape:
-    """What a unit of 2 frames costs: K tokens in the LLM; the vision tower over all of the unit's patches."""
+def unit_shape(config, settings: VideoSettings, tokens: int, geometry: FrameGeometry) -> capacity.FrameShape:
+    """What a unit of 2 frames of `geometry` costs: K tokens in the LLM; the vision tower over all of the unit's
+    patches."""
     vision = config.vision_config
-    patches = (frame_side(settings) // settings.patch_size) ** 2
+    patches = (geometry.height // settings.patch_size) * (geometry.width // settings.patch_size)
     return capacity.FrameShape(config.get_text_config(), tokens,
                                {"hidden_size": vision.hidden_size, "intermediate_size": vision.intermediate_size},
                                patches, frames_per_unit=settings.temporal_patch_size)
 
 
 def read_settings(folder: str) -> VideoSettings:
-    """The video processor's settings where transformers 5 looks first (processor_config.json's nested
-    "video_processor"), else the video or image preprocessor config."""
+    """The video processor's settings from the file transformers' video processor loads them from: the nested
+    "video_processor" of processor_config.json, else video_preprocessor_config.json, else the image processor's
+    preprocessor_config.json (whose min/max_pixels then become the video's size, as Qwen2VLVideoProcessor's
+    constructor maps them; docs/qwen2_5_vl.md, "Frame size")."""
+    config = None
     nested = os.path.join(folder, "processor_config.json")
     if os.path.isfile(nested):
         with open(nested) as f:
-            video = json.load(f).get("video_processor")
-        if video:
-            return VideoSettings.from_config(video)
-    return VideoSettings.from_config(read_preprocessor(folder))
+            config = json.load(f).get("video_processor")
+    config = config or read_preprocessor(folder)
+    if config.get("cap_pixels_per_frame"):
+        # The processor then shares a whole-video pixel budget among the frames it is given, which ties each
+        # frame's size to the number of frames; vidmini sizes a video's frames before it knows how many fit.
+        raise ModelLoadError(f"{folder}: cap_pixels_per_frame in the video processor's config is not supported "
+                             "(frame sizes that depend on the frame count)")
+    return VideoSettings.from_config(config)
 
 
 def load_tokenizer(folder: str, name: str):
@@ -216,13 +234,16 @@ class QwenFamily(Family):
     model_types = (MODEL_TYPE,)
     name = "Qwen2.5-VL"
 
-    def frame_shape(self, folder: str, options, prefusion_tokens: int | None) -> capacity.FrameShape:
+    def frame_shape(self, folder: str, options, prefusion_tokens: int | None,
+                    display: tuple[int, int] | None = None) -> capacity.FrameShape:
         from transformers import AutoConfig
 
         self._refuse(options, prefusion_tokens)
         settings = read_settings(folder)
         keep = unit_budget(options.tokens_per_frame, settings, options.model)
-        return unit_shape(AutoConfig.from_pretrained(folder), settings, keep or native_tokens_per_unit(settings))
+        geometry = frame_geometry(settings, *display) if display else largest_geometry(settings)
+        native = native_tokens_per_unit(geometry, settings)
+        return unit_shape(AutoConfig.from_pretrained(folder), settings, min(keep or native, native), geometry)
 
     def load(self, folder: str, options, device: str, dtype) -> tuple[QwenFrames, object]:
         from transformers import Qwen2_5_VLForConditionalGeneration

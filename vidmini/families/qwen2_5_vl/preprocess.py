@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from vidmini.inputs.video.frames import resize_bicubic
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[T, 3, H, W] uint8 -> [T, 3, h, w] uint8, bicubic with antialiasing: the kernel the processor's resize
-    calls (uint8 in, uint8 out on the CPU; elsewhere through float32, clamped and rounded as it does)."""
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames
-    if frames.device.type == "cpu":
-        return F.interpolate(frames, size=list(size), mode="bicubic", align_corners=False, antialias=True)
-    out = F.interpolate(frames.float(), size=list(size), mode="bicubic", align_corners=False, antialias=True)
-    return out.clamp_(0, 255).round_().to(torch.uint8)
-
-
 def normalize_frames(frames: torch.Tensor, settings: VideoSettings) -> torch.Tensor:
     """[T, 3, H, W] uint8 -> float32, the processor's fused rescale + normalise: (v - mean/r) / (std/r)."""
     mean = torch.tensor(settings.image_mean, device=frames.device) * (1.0 / settings.rescale_factor)
@@ -118,5 +108,5 @@ def preprocess(frames: torch.Tensor, settings: VideoSettings) -> tuple[torch.Ten
     video_grid_thw [1, 3] int64), as the model's `forward(pixel_values_videos=..., video_grid_thw=...)` takes."""
     chw = frames.permute(0, 3, 1, 2)
     size = smart_resize(chw.shape[2], chw.shape[3], settings.factor, settings.min_pixels, settings.max_pixels)
-    patches, grid = patchify(normalize_frames(resize_frames(chw.contiguous(), size), settings), settings)
+    patches, grid = patchify(normalize_frames(resize_bicubic(chw.contiguous(), size), settings), settings)
     return patches, torch.tensor([grid], dtype=torch.int64)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vidmini.inputs.video.frames import FrameGeometry, model_frame
+from vidmini.inputs.video.frames import NEAREST, FrameGeometry, model_frame
 from vidmini.inputs.video.plan import SamplingPlan
 from vidmini.inputs.video.probe import VideoInfo
 
@@ -81,8 +81,15 @@ def check_agrees(job: Job, count: int, shape: tuple) -> None:
         raise DecoderFailed(f"counts {count} frames, the header says {job.frames}")
 
 
+def resized_in_child(geometry: FrameGeometry) -> bool:
+    """Whether the child resizes: the nearest-neighbour squares are numpy (cheap to import, small to send). The
+    bicubic resize is torch's kernel, and importing torch in every decord child took longer than the stall timeout
+    on a loaded machine; those frames cross full-size, one per message, and the parent resizes them."""
+    return geometry.resize == NEAREST
+
+
 def _decode(job: Job, out: mp.Queue) -> None:
-    """Child body: ("frames", first position, [n, S, S, 3]) chunks, then ("done",) or ("error", message)."""
+    """Child body: ("frames", first position, [n, H, W, 3]) chunks, then ("done",) or ("error", message)."""
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -91,15 +98,16 @@ def _decode(job: Job, out: mp.Queue) -> None:
     indices = frame_indices(reader.get_frame_timestamp(np.arange(count)), job, count)
     pending: list[np.ndarray] = []
     first, previous, frame = 0, -1, None
+    resize, chunk = (True, CHUNK) if resized_in_child(job.geometry) else (False, 1)
     try:
         for index in indices.tolist():
             if index != previous:  # VFR: one frame may cover several samples; decode it once
                 picture = reader.get_batch([index]).asnumpy()[0]  # [H, W, 3], rotation applied
                 if previous == -1:
                     check_agrees(job, count, picture.shape)
-                frame, previous = model_frame(picture, 0, job.geometry), index
+                frame, previous = (model_frame(picture, 0, job.geometry) if resize else picture), index
             pending.append(frame)
-            if len(pending) == CHUNK:
+            if len(pending) == chunk:
                 out.put(("frames", first, np.stack(pending)))
                 first, pending = first + len(pending), []
     finally:
@@ -132,8 +140,10 @@ class DecordDecoder:
         child = ctx.Process(target=_worker, args=(job, out), daemon=True)
         child.start()
         try:
+            resized = resized_in_child(self.geometry)
             for first, chunk in self._chunks(out, child, should_stop):
                 for position, frame in enumerate(chunk, start=first):
+                    frame = frame if resized else model_frame(frame, 0, self.geometry)
                     yield position, frame, _time(info, plan, position)
         finally:
             if child.is_alive():

@@ -255,9 +255,9 @@ def _get_unless_stopped(q: queue.Queue, stop: threading.Event):
 
 
 def decode_all(info: VideoInfo, plan: SamplingPlan, options: StreamOptions | None = None) -> tuple[np.ndarray, FrameStream]:
-    """Every sampled frame in one array (short videos and tests only). Returns (frames [N, S, S, 3], stream)."""
+    """Every sampled frame in one array (short videos and tests only). Returns (frames [N, H, W, 3], stream)."""
     stream = FrameStream(info, plan, options)
     batches = list(stream)
-    size = stream.options.geometry.size
-    frames = np.concatenate([b.frames for b in batches]) if batches else np.zeros((0, size, size, 3), np.uint8)
+    empty = np.zeros((0, *stream.options.geometry.frame_shape), np.uint8)
+    frames = np.concatenate([b.frames for b in batches]) if batches else empty
     return frames, stream
