@@ -110,6 +110,23 @@ def test_needle_and_sequence_clips_say_what_they_show():
     assert seen(np.zeros(8, np.int16)).count == 0
 
 
+def test_kind_weights_choose_what_clips_are_about():
+    from train.clips import Catalogue
+    from train.pool import make_shard
+
+    heads = make_shard(6, 0, 40)["heads"]
+    words = Catalogue(heads, {"word": 1.0, "digit": 0.0})
+    rng = random.Random(1)
+    for _ in range(10):
+        assert words.seen[words.still(rng).frames[0]].word is not None
+        clip = words.needle(rng, 60)
+        assert words.seen[clip.frames[clip.needle_at]].word is not None
+    with pytest.raises(ValueError):
+        Catalogue(heads, {"texture": 1.0})
+    # no weights: the clips of earlier runs, draw for draw
+    assert Catalogue(heads).needle(random.Random(3), 50) == Catalogue(heads, None).needle(random.Random(3), 50)
+
+
 @needs_llm
 def test_alignment_stage_trains_one_step_and_exports(tmp_path, pool):
     from train.align import main as align

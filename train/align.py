@@ -61,7 +61,7 @@ class PrefixCache:
 class Pool:
     """Stage 1's pool frames (pooled to the tower's input size) and what each shows."""
 
-    def __init__(self, folder: Path, shards: int):
+    def __init__(self, folder: Path, shards: int, kinds: dict[str, float] | None = None):
         names = sorted(folder.glob("shard-*.npz"))[:shards]
         if not names:
             raise SystemExit(f"no shards in {folder}: run python -m train.pool first")
@@ -71,7 +71,7 @@ class Pool:
                 frames.append(z["frames"])
                 heads.append(z["heads"])
         self.frames = np.concatenate(frames)  # [N, 168, 168, 3] uint8
-        self.catalogue = Catalogue(np.concatenate(heads))
+        self.catalogue = Catalogue(np.concatenate(heads), kinds)
 
 
 def encode_distinct(model, pool: Pool, clip: Clip, table: torch.Tensor):
@@ -154,6 +154,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="train/runs/align")
     parser.add_argument("--export", default="train/runs/export", help="folder written at every checkpoint")
     parser.add_argument("--mix", default="still=0.5,needle=0.38,sequence=0.12")
+    parser.add_argument("--kinds", default=None, metavar="shape=W,digit=W,word=W",
+                        help="weights of the kind of item a clip is about (default: alike, stills from any frame)")
     parser.add_argument("--longest", type=int, default=1000, help="the curriculum's longest needle clip (frames)")
     parser.add_argument("--seed", type=int, default=2000)  # training seeds: 1000+; evaluation uses < 1000
     parser.add_argument("--save-every", type=int, default=25)
@@ -196,7 +198,8 @@ def main(argv=None) -> None:
         print(f"started from {args.start_from} at step {step}")
     first = step  # the lr warms up again after any resume (a committed start has no optimizer moments)
     model.train()
-    pool = Pool(Path(args.pool), args.pool_shards)
+    kinds = {k: float(v) for k, v in (p.split("=") for p in args.kinds.split(","))} if args.kinds else None
+    pool = Pool(Path(args.pool), args.pool_shards, kinds)
     table = pixel_stats(model.config.image_mean, model.config.image_std)
     log = LossLog(out / "log.jsonl")
     losses, auxes, hits = [], [], {}

@@ -170,19 +170,40 @@ class Clip:
     needle_at: int = -1  # first position of the needle (needle clips)
 
 
-class Catalogue:
-    """The pool's frames by what they show: none, exactly one item (by kind), anything."""
+KINDS = ("shape", "digit", "word")
 
-    def __init__(self, heads: np.ndarray):
+
+class Catalogue:
+    """The pool's frames by what they show: none, exactly one item (by kind), anything.
+
+    `kinds` weights the kind of item a clip is about (e.g. {"shape": 1, "digit": 1.5, "word": 2}: words and digits
+    are what stage 2 hands to the LLM slowest): a still shows a frame that shows an item of that kind (others may
+    share it), a needle or a sequence is made of items of that kind. None: the three kinds alike, and stills drawn
+    from every frame that shows anything (the clips of earlier runs, draw for draw)."""
+
+    def __init__(self, heads: np.ndarray, kinds: dict[str, float] | None = None):
         self.seen = [seen(h) for h in heads]
         self.empty = [i for i, s in enumerate(self.seen) if s.count == 0]
         self.any = [i for i, s in enumerate(self.seen) if s.count > 0]
-        self.single = {k: [i for i, s in enumerate(self.seen) if s.count == 1 and self._kind(s) == k]
-                       for k in ("shape", "digit", "word")}
+        self.single = {k: [i for i, s in enumerate(self.seen) if s.count == 1 and self._kind(s) == k] for k in KINDS}
+        if kinds is not None and (set(kinds) - set(KINDS) or not any(v > 0 for v in kinds.values())):
+            raise ValueError(f"kinds weights {kinds}: a weight for some of {KINDS}, one of them positive")
+        self.kinds = kinds
+        self.showing = {k: [i for i in self.any if self._shows(self.seen[i], k)] for k in KINDS}
 
     @staticmethod
     def _kind(s: Seen) -> str:
         return "shape" if s.shapes else ("digit" if s.digit else "word")
+
+    @staticmethod
+    def _shows(s: Seen, kind: str) -> bool:
+        return bool(s.shapes) if kind == "shape" else (s.digit if kind == "digit" else s.word) is not None
+
+    def kind(self, rng: random.Random) -> str:
+        """The kind of item a clip is about."""
+        if self.kinds is None:
+            return rng.choice(list(KINDS))
+        return rng.choices(list(self.kinds), weights=list(self.kinds.values()))[0]
 
     def backgrounds(self, rng: random.Random, length: int) -> list[int]:
         """`length` positions of background-only scenes, each one frame held 4-90 s."""
@@ -192,11 +213,11 @@ class Catalogue:
         return out[:length]
 
     def still(self, rng: random.Random) -> Clip:
-        i = rng.choice(self.any)
+        i = rng.choice(self.any if self.kinds is None else self.showing[self.kind(rng)])
         return Clip("still", [i] * rng.choice([1, 1, 2, 3]), on_screen_questions(self.seen[i], rng))
 
     def needle(self, rng: random.Random, length: int) -> Clip:
-        kind = rng.choice(["shape", "digit", "word"])
+        kind = self.kind(rng)
         i = rng.choice(self.single[kind])
         hold = rng.randint(3, 6)
         frames = self.backgrounds(rng, max(length, hold + 1))
@@ -207,7 +228,7 @@ class Catalogue:
         return Clip("needle", frames, questions, at)
 
     def sequence(self, rng: random.Random, length: int) -> Clip:
-        kind = rng.choice(["shape", "digit", "word"])
+        kind = self.kind(rng)
         pool = [rng.choice(self.single[kind]) for _ in range(rng.randint(2, 3))]
         shown = [rng.choice(pool) for _ in range(rng.randint(2, 4))]
         gaps = max(1, length // (len(shown) + 1))
