@@ -122,3 +122,17 @@ def test_snapshot_without_cuda_is_a_clear_usage_error(tiny_checkpoint, tmp_path,
         pytest.skip("CUDA present")
     out = cli("ask", "--memory-snapshot", tmp_path / "s.pickle", "--model", tiny_checkpoint, SAMPLE, "What?")
     assert out.code == 2 and "needs a CUDA device" in out.stderr
+
+
+def test_memory_plot_of_a_run_with_nothing_recorded_has_no_empty_legend(tmp_path):
+    import warnings
+    from types import SimpleNamespace
+
+    from vidmini.infra.memory_report import write_plot
+
+    pytest.importorskip("matplotlib")
+    recorder = SimpleNamespace(sampler=None, timeline=[], t0=0.0, cuda=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found" is a UserWarning
+        write_plot(recorder, str(tmp_path / "m.png"))
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

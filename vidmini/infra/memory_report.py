@@ -175,7 +175,8 @@ def write_plot(recorder: Recorder, path: str) -> None:
     ax.set_xlabel("seconds")
     ax.set_ylabel("MB")
     ax.set_title("vidmini memory over time")
-    ax.legend(loc="upper left", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # no samples and no stage yet: an empty legend only warns
+        ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": PLOT_SOFTWARE})  # how a rerun knows the file is ours
     plt.close(fig)
