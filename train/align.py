@@ -143,6 +143,11 @@ def make_clip(catalogue: Catalogue, seed: int, step: int, k: int, steps: int, lo
     return catalogue.sequence(rng, min(reach, rng.randint(16, 60)))
 
 
+def weights(text: str) -> dict[str, float]:
+    """"name=W,name=W" as given to --mix and --kinds."""
+    return {k: float(v) for k, v in (p.split("=") for p in text.split(","))}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=800)
@@ -167,7 +172,7 @@ def main(argv=None) -> None:
                              "align.pt, the last committed stage 2; no optimizer moments), the step counted on")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
-    mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(","))}
+    mix = weights(args.mix)
     from transformers import AutoTokenizer
 
     from vidmini.demo.checkpoint import prepare_llm_cache
@@ -198,7 +203,7 @@ def main(argv=None) -> None:
         print(f"started from {args.start_from} at step {step}")
     first = step  # the lr warms up again after any resume (a committed start has no optimizer moments)
     model.train()
-    kinds = {k: float(v) for k, v in (p.split("=") for p in args.kinds.split(","))} if args.kinds else None
+    kinds = weights(args.kinds) if args.kinds else None
     pool = Pool(Path(args.pool), args.pool_shards, kinds)
     table = pixel_stats(model.config.image_mean, model.config.image_std)
     log = LossLog(out / "log.jsonl")

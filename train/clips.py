@@ -191,9 +191,10 @@ class Catalogue:
         self.kinds = kinds
         self.showing = {k: [i for i in self.any if self._shows(self.seen[i], k)] for k in KINDS}
 
-    @staticmethod
-    def _kind(s: Seen) -> str:
-        return "shape" if s.shapes else ("digit" if s.digit else "word")
+    @classmethod
+    def _kind(cls, s: Seen) -> str:
+        """The first kind, in KINDS' order, that a frame showing something shows."""
+        return next(k for k in KINDS if cls._shows(s, k))
 
     @staticmethod
     def _shows(s: Seen, kind: str) -> bool:
