@@ -472,6 +472,29 @@ def test_sigterm_stops_like_ctrl_c(tiny_checkpoint, tmp_path):
     assert [n for n in cache_listing() if not n.endswith(".lock")] == []
 
 
+def test_an_interrupt_right_after_the_temp_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """The signal tests above can land between mkdtemp and the line that keeps its result (a SIGTERM test once left
+    `.KEY-PID-xxxx` behind under load): that window, made certain here."""
+    import tempfile
+
+    from vidmini.inputs import cache
+
+    real = tempfile.mkdtemp
+
+    def made_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache.tempfile, "mkdtemp", made_then_interrupted)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"frames")
+    frames = cache.FrameCache(str(video), "plan", root=tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        with frames.writer(expected_frames=2):
+            pass
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{frames.key}.lock"]
+
+
 # ---- a size cap for the whole cache, and `vidmini cache` ------------------------------------------------------
 def test_total_cap_evicts_the_least_recently_used(cli, tiny_checkpoint, clips, tmp_path, monkeypatch):
     entry_mb = 2 * 336 * 336 * 3 / 1024**2  # 2 frames, plus a small meta.json

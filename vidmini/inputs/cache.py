@@ -223,21 +223,27 @@ class FrameCache:
         """Yields a CacheWriter, or None when nothing will be cached: the entry would exceed the cap, another
         process writes it, or the cache cannot be written (warned once). The entry appears only if the block
         finishes and `commit` succeeded. Trouble with the cache never raises out of here."""
-        slot = self._start(expected_frames)
-        if slot is None:
+        lock = self._lock(expected_frames)
+        if lock is None:
             yield None
             return
-        lock, writer = slot
+        writer = None
         try:
+            writer = self._new_writer()
             yield writer
-            if writer.committed:
+            if writer is not None and writer.committed:
                 self._publish(writer)
         finally:
-            writer.close()
-            shutil.rmtree(writer.folder, ignore_errors=True)
+            if writer is not None:
+                writer.close()
+            # By name, not through `writer`: a Ctrl-C or SIGTERM that lands between mkdtemp and the assignment
+            # leaves a folder that no variable names. Holding the key's lock, every temp folder of the key is ours.
+            for temp in self.root.glob(f".{self.key}-*"):
+                shutil.rmtree(temp, ignore_errors=True)
             _unlock(lock)
 
-    def _start(self, expected_frames: int):
+    def _lock(self, expected_frames: int):
+        """The key's lock, held while this process writes the entry; None when nothing will be cached."""
         limit = limit_bytes()
         if limit is None or expected_frames * self.geometry.frame_bytes > limit:
             return None
@@ -252,15 +258,14 @@ class FrameCache:
         except BlockingIOError:
             lock.close()
             return None
-        folder = None
+        return lock
+
+    def _new_writer(self) -> CacheWriter | None:
         try:
             reap_orphans(self.root, own_key=self.key)
             folder = Path(tempfile.mkdtemp(prefix=f".{self.key}-{os.getpid()}-", dir=self.root))
-            return lock, CacheWriter(folder, self)
+            return CacheWriter(folder, self)
         except OSError as err:
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-            _unlock(lock)
             _cannot_write(self.root, err)
             return None
 
