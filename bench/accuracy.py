@@ -55,7 +55,7 @@ def clip_questions(tl, rng: random.Random, kinds: list[str]):
     return out
 
 
-def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict:
+def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path, prefusion_tokens: int | None = None) -> dict:
     from vidmini.jobs.ask import Sampling, run_ask
 
     results = defaultdict(lambda: [0, 0])
@@ -74,7 +74,8 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path) -> dict
         path = str(work / f"clip{i}.mp4")
         write_video(tl, path, fps=rng.choice([1, 2, 5]), width=w, height=h, crf=crf, noise=rng.choice([0, 0, 4]))
         out = run_ask(model, tokenizer, path, [q.question for q in qas], model_name="demo", sampling=Sampling(),
-                      max_new_tokens=16, use_cache=False, progress=False, evidence=1)
+                      max_new_tokens=16, use_cache=False, progress=False, evidence=1,
+                      prefusion_tokens=prefusion_tokens)
         for qa, a in zip(qas, out["answers"]):
             ok = qa.check(a["answer"])
             results[qa.kind][0] += ok
@@ -102,7 +103,13 @@ def evidence_on(tl, qa, found: list[dict], tolerance_s: float = 3.0) -> bool:
     return bool(found) and max(first.start - found[0]["end_s"], found[0]["start_s"] - first.end) <= tolerance_s
 
 
-def part_needle(lengths: list[int], positions: list[float], work: Path, model_id: str, seed: int = 500) -> list[dict]:
+def needle_evidence_on(event, found: list[dict], tolerance_s: float = 3.0) -> bool:
+    """Whether the top evidence moment lies within tolerance_s of the needle's showing (issue 19's measure)."""
+    return bool(found) and max(event.start - found[0]["end_s"], found[0]["start_s"] - event.end) <= tolerance_s
+
+
+def part_needle(lengths: list[int], positions: list[float], work: Path, model_id: str, seed: int = 500,
+                prefusion_tokens: int | None = None) -> list[dict]:
     rows = []
     for li, length in enumerate(lengths):
         for pi, pos in enumerate(positions):
@@ -114,7 +121,9 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, model_id
             write_video(tl, path, fps=1.0, width=128, height=128, crf=26)
             made = time.monotonic() - t0
             cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", model_id, "--json",
-                   "--no-cache", "--max-new-tokens", "16"]
+                   "--no-cache", "--max-new-tokens", "16", "--evidence", "1"]
+            if prefusion_tokens:
+                cmd += ["--prefusion-tokens", str(prefusion_tokens)]
             t0 = time.monotonic()
             threads = os.environ.get("VIDMINI_BENCH_THREADS", "2")
             env = {**os.environ, "OMP_NUM_THREADS": threads}  # torch's intra-op threads in the child
@@ -126,8 +135,10 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, model_id
             if proc.returncode == 0:
                 out = json.loads(proc.stdout)
                 answer = out["answers"][0]["answer"]
+                found = out["answers"][0].get("evidence", [])
                 row.update(answer=answer, right=qa.check(answer), frames_used=out["frames_used"],
-                           notes=out["notes"], timings_s=out["timings_s"])
+                           notes=out["notes"], timings_s=out["timings_s"], evidence=found,
+                           evidence_on_needle=needle_evidence_on(tl.events[0], found))
             else:
                 row.update(answer=None, right=False, error=proc.stderr.strip().splitlines()[-1:])
             print(json.dumps(row), flush=True)
@@ -188,6 +199,8 @@ def main(argv=None) -> None:
     parser.add_argument("--needle-positions", default="0.1,0.5,0.9")
     parser.add_argument("--out", default=str(ROOT / "bench/results/accuracy"))
     parser.add_argument("--model", default="demo", help="demo, or a folder exported by train/align.py")
+    parser.add_argument("--prefusion-tokens", type=int, default=None, metavar="K",
+                        help="ask with vidmini's --prefusion-tokens K (VisionZip before pre-fusion); default: exact")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the JSON reports of runs made in parallel (e.g. one per needle length) into OUT")
     args = parser.parse_args(argv)
@@ -201,7 +214,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(int(os.environ.get("VIDMINI_BENCH_THREADS", "2")))
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                          "torch_threads": torch.get_num_threads()}}
+                          "torch_threads": torch.get_num_threads()},
+              "model": args.model, "prefusion_tokens": args.prefusion_tokens}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
@@ -210,12 +224,14 @@ def main(argv=None) -> None:
         report["decode_tokens_per_s"] = round(decode_speed(model, tokenizer), 1)
         print(f"decode: {report['decode_tokens_per_s']} tokens/s", flush=True)
         if args.clips + args.sequences:
-            report["questions"] = part_by_type(model, tokenizer, args.clips, args.sequences, work)
+            report["questions"] = part_by_type(model, tokenizer, args.clips, args.sequences, work,
+                                               args.prefusion_tokens)
             print(json.dumps(report["questions"]["by_type"], indent=1), flush=True)
         del model
         lengths = [int(x) for x in args.needle_lengths.split(",") if x]
         positions = [float(x) for x in args.needle_positions.split(",") if x]
-        report["needle"] = part_needle(lengths, positions, work, args.model) if lengths else []
+        report["needle"] = part_needle(lengths, positions, work, args.model, prefusion_tokens=args.prefusion_tokens) \
+            if lengths else []
     write_report(report, args.out)
 
 
@@ -234,10 +250,16 @@ def write_report(report: dict, out: str) -> None:
             lines.append(f"{'when: top evidence':20s} {w['on_the_item']:5d}/{w['asked']:<5d}  {w['rate']:.1%}"
                          "  (on the item's first showing, +- 3 s)")
     if report["needle"]:
-        lines.append("needle: length  position  frames  right  answer time (s, load included)  answer")
+        lines.append("needle: length  position  frames  right  evidence +-3s  answer time (s, load included)  answer")
         for r in report["needle"]:
             lines.append(f"{r['length_s']:>13d}  {r['position']:8.0%}  {r.get('frames_used', '-')!s:>6}  "
-                         f"{str(r['right']):5s}  {r['answer_time_s']:8.1f}  {r.get('answer')!r} (expected {r['expected']})")
+                         f"{str(r['right']):5s}  {str(r.get('evidence_on_needle', '-')):13s}  {r['answer_time_s']:8.1f}  "
+                         f"{r.get('answer')!r} (expected {r['expected']})")
+        for length in sorted({r["length_s"] for r in report["needle"]}):
+            rows = [r for r in report["needle"] if r["length_s"] == length]
+            placed = sum(bool(r.get("evidence_on_needle")) for r in rows)
+            lines.append(f"needle {length} s: answer right {sum(r['right'] for r in rows)}/{len(rows)}, top evidence "
+                         f"on the needle {placed}/{len(rows)}, answer time max {max(r['answer_time_s'] for r in rows)} s")
         heat_map(report["needle"], out + ".png")
     Path(out + ".txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -56,3 +56,31 @@ def test_ask_runs_end_to_end_on_a_conv_tower_checkpoint(cli, checkpoint):
     assert r.code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["frames_used"] == 8 and len(out["answers"]) == 1
+
+
+def test_prefusion_tokens_rank_the_conv_towers_cells_by_the_attention_they_receive(checkpoint):
+    """--prefusion-tokens on the demo's tower: it once read CLIP's layers and failed with an AttributeError."""
+    from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
+    from vidmini.reduce.prefusion import encode_frames_reduced
+
+    model = LlavaMiniForCausalLM.from_pretrained(checkpoint)
+    pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    tower = model.model.vision_tower
+    signals = tower.zip_signals(pixels)
+    torch.testing.assert_close(signals.hidden, tower(pixels))  # the features the compressor reads, unchanged
+    assert signals.scores.shape == (2, 49) and signals.metric.shape == (2, 49, tower.config["hidden_size"] // 2)
+    torch.testing.assert_close(signals.scores.sum(1), torch.ones(2))  # a mean of softmax rows
+    vision, compressed = model.encode_frames(pixels)
+    kept, kept_compressed, positions = encode_frames_reduced(model, pixels, 49)  # every cell: the exact path
+    assert positions.tolist() == [list(range(49))] * 2
+    torch.testing.assert_close(kept, vision)
+    torch.testing.assert_close(kept_compressed, compressed)
+    fewer, _, positions = encode_frames_reduced(model, pixels, 12)
+    assert fewer.shape == (2, 12, model.config.hidden_size) and (positions.diff(dim=1) > 0).all()
+
+
+def test_ask_with_prefusion_tokens_on_a_conv_tower_checkpoint(cli, checkpoint):
+    r = cli("ask", "sample_videos/shapes.mp4", "What colour is the star?", "--model", checkpoint, "--json",
+            "--max-new-tokens", "3", "--prefusion-tokens", "16")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["frames_used"] == 8

@@ -251,7 +251,7 @@ def ask(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the decoded-frame cache."),
     vision_fp32: bool = typer.Option(False, "--vision-fp32", help="Run CLIP in float32 as the reference does (+0.6 GB)."),
     tokens_per_frame: Optional[int] = typer.Option(None, "--tokens-per-frame", min=1, help="LLaVA-NeXT-Video / LLaVA-OneVision: keep K tokens per frame by VisionZip (default: all of the model's own)."),
-    prefusion_tokens: Optional[int] = typer.Option(None, "--prefusion-tokens", min=1, help="LLaVA-Mini: VisionZip keeps K of the 576 vision tokens for pre-fusion (faster; changes answers; off by default)."),
+    prefusion_tokens: Optional[int] = typer.Option(None, "--prefusion-tokens", min=1, help="LLaVA-Mini: VisionZip keeps K of the vision tokens for pre-fusion (576 in the 8B model, 49 in the demo; faster; changes answers; off by default)."),
     json_out: bool = JsonOpt,
     profile_memory: bool = ProfileMemoryOpt,
     memory_interval: float = typer.Option(0.05, "--memory-interval", min=0.001, callback=_finite, help="Seconds between CPU RSS samples with --profile-memory."),

@@ -23,7 +23,6 @@ import torch
 
 from vidmini.reduce.visionzip import (
     Budget,
-    layer_signals,
     leftover_indices,
     plan_budget,
     select_and_merge,
@@ -50,15 +49,15 @@ def encode_frames_reduced(model, pixel_values: torch.Tensor, tokens: int):
     patches, positions [T, K] int64 raster indices)."""
     if model.config.resolution_ratio > 1:
         raise ValueError("--prefusion-tokens does not support LLaVA-Mini's HD mode (resolution_ratio > 1)")
-    tower = model.model.vision_tower
-    signals = layer_signals(tower.vision_tower.vision_model, pixel_values.to(tower.dtype), tower.layers_to_run - 1)
+    # The tower gives its patch features with the signals that rank them (CLIP: its select layer's CLS attention;
+    # the demo's conv tower: the attention its last block's cells receive), any CLS entry already dropped.
+    signals = model.model.vision_tower.zip_signals(pixel_values)
     projector_dtype = next(model.model.mm_projector.parameters()).dtype
-    feats = signals.hidden[:, 1:].to(projector_dtype)  # [T, P, Dv] the tower's patch features (CLS dropped)
+    feats = signals.hidden.to(projector_dtype)  # [T, P, Dv] the tower's patch features
     compressed = model.model.compressor(feats)  # [T, C*C, Dv]: all P patches, as the exact path
     n = feats.shape[1]
     budget = plan_budget(n, *split_budget(tokens), has_cls=False)
-    # CLS attention ranks the patches (scores[:, 0] is CLS->CLS, dropped with the CLS token).
-    kept, dominant = select_and_merge(feats, signals.metric[:, 1:], signals.scores[:, 1:], budget.dominant,
+    kept, dominant = select_and_merge(feats, signals.metric, signals.scores, budget.dominant,
                                       budget.contextual, has_cls=False)  # [T, K, Dv], [T, D]
     positions = kept_positions(dominant, n, budget)  # [T, K]
     positions, order = positions.sort(dim=1)  # raster order: causal by sequence = causal by position

@@ -91,8 +91,27 @@ class ConvVisionTower(nn.Module):
 
     def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """[B, 3, S/pool, S/pool] -> [B, G*G, D]: training feeds frames stored already pooled."""
+        x = self._before_last(pooled)  # [B, G*G, D]
+        return self.layers[-1](x) if len(self.layers) else x
+
+    def _before_last(self, pooled: torch.Tensor) -> torch.Tensor:
         x = self.stem(pooled.to(self.dtype)).flatten(2).transpose(1, 2)  # [B, G*G, D]
         x = x + self.positions
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = layer(x)
         return x
+
+    def zip_signals(self, pixel_values: torch.Tensor):
+        """VisionZip's signals for `--prefusion-tokens` (vidmini.reduce.prefusion), from the last block, whose output
+        the compressor reads: that output, the block's keys averaged over heads, and the attention each cell
+        receives (mean over heads and queries: there is no CLS token, as in SigLIP)."""
+        from vidmini.reduce.visionzip import LayerSignals, received_attention_scores
+
+        if not len(self.layers):
+            raise ValueError("--prefusion-tokens ranks the cells by a transformer block's attention; this tower has none")
+        x = self._before_last(F.avg_pool2d(pixel_values.to(self.dtype), self.pool))  # [B, N, D]
+        last = self.layers[-1]
+        B, N, D = x.shape
+        q, k, _ = last.qkv(last.norm1(x)).view(B, N, 3, last.heads, D // last.heads).permute(2, 0, 3, 1, 4)
+        scores = received_attention_scores(q, k, (D // last.heads) ** -0.5)  # [B, N]
+        return LayerSignals(last(x), k.mean(dim=1), scores, has_cls=False)  # [B, N, D], [B, N, D/heads], [B, N]

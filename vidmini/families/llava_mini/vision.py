@@ -50,3 +50,11 @@ class VisionTower(nn.Module):
         layout = EncoderLayout.of(self.vision_tower.vision_model)
         x = read_layer(layout, pixel_values.to(self.dtype), self.layers_to_run - 1).outputs  # [B, 1+P, D]
         return x[:, 1:]  # [B, P, D], CLS dropped
+
+    def zip_signals(self, pixel_values: torch.Tensor):
+        """VisionZip's signals for `--prefusion-tokens` over the patches this tower emits (vidmini.reduce.prefusion):
+        the selected layer's features, head-averaged keys and CLS attention, the CLS entry dropped from each."""
+        from vidmini.reduce.visionzip import LayerSignals, layer_signals
+
+        s = layer_signals(self.vision_tower.vision_model, pixel_values.to(self.dtype), self.layers_to_run - 1)
+        return LayerSignals(s.hidden[:, 1:], s.metric[:, 1:], s.scores[:, 1:], has_cls=False)  # [B, P, ...]
