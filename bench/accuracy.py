@@ -148,20 +148,25 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, model_id
 
 
 def decode_speed(model, tokenizer, tokens: int = 64) -> float:
-    """Greedy decode tokens per second after the prompt: (time for 1 + N new tokens - time for 1) / N. Counting
-    the output's length instead (it includes the prompt) overstated the rate."""
+    """Greedy decode tokens per second after a prompt, through the engine's own prefill and decode steps (what
+    `vidmini ask` runs: the preallocated KV cache, last-position logits), timed from the first new token on."""
     import torch
 
-    ids = torch.tensor([tokenizer("Write a long story about a red circle and a blue square.").input_ids])
+    from vidmini.engine.generate import decode_step, greedy, new_cache, prefill
 
-    def timed(n: int) -> float:
+    ids = tokenizer("Write a long story about a red circle and a blue square.").input_ids
+    embeds = model.get_input_embeddings()(torch.tensor(ids))  # [P, H]
+
+    def timed() -> float:
+        cache = new_cache(model, len(ids) + tokens + 1)
+        token = greedy(prefill(model, [embeds], cache))
         t0 = time.monotonic()
-        out = model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        assert out.shape[1] - ids.shape[1] == n, "generate did not produce the tokens asked for"
+        for i in range(tokens):
+            token = greedy(decode_step(model, token, len(ids) + i, cache))
         return time.monotonic() - t0
 
-    timed(4)  # warm-up
-    return tokens / (timed(tokens + 1) - timed(1))
+    timed()  # warm-up
+    return tokens / min(timed(), timed())
 
 
 def heat_map(rows: list[dict], path: str) -> None:
