@@ -148,6 +148,19 @@ def test_alignment_stage_trains_one_step_and_exports(tmp_path, pool):
     align(["--steps", "2", "--accumulate", "1", "--mix", "still=1", "--pool", str(pool), "--vision",
            str(tmp_path / "v" / "last.pt"), "--out", str(tmp_path / "again"), "--export", "", "--start-from", str(start)])
     assert torch.load(tmp_path / "again" / "last.pt", weights_only=False)["step"] == 2
+    # with LoRA on the LLM: the adapters train from the identity, are exported, and load merged
+    adapted = tmp_path / "adapted"
+    align(["--steps", "2", "--accumulate", "1", "--mix", "still=1", "--pool", str(pool), "--vision",
+           str(tmp_path / "v" / "last.pt"), "--out", str(tmp_path / "lora"), "--export", str(adapted),
+           "--start-from", str(start), "--adapter-rank", "2"])
+    trained = torch.load(tmp_path / "lora" / "last.pt", weights_only=False)["ours"]
+    b = [v for k, v in trained.items() if k.endswith("self_attn.q_proj.lora_B")]
+    assert len(b) == 30 and all(v.abs().sum() > 0 for v in b)  # moved off zero in one step
+    assert json.loads((adapted / "config.json").read_text())["llm_adapter"]["rank"] == 2
+    from vidmini.families.loading import LoadOptions, load_model
+
+    model, _ = load_model(LoadOptions(model=str(adapted), device="cpu"))
+    assert not [n for n, _ in model.named_parameters() if ".lora_" in n]  # merged into the LLM's q_proj, v_proj
 
 
 def test_making_a_shard_leaves_the_renderers_colours_as_they_were():

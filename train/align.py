@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from train.clips import Catalogue, Clip, needle_length
 from train.common import LossLog, load, save, setup_threads
 from train.model import build_model, export, ours
+from vidmini.demo.config import DemoSize
 from vidmini.families.llava_mini.prefusion import IMAGE_TOKEN_INDEX, FusionLayout
 from vidmini.inputs.preprocess import normalize, pixel_stats
 from vidmini.families.llava_mini.prompt import build_prompt_ids
@@ -40,9 +41,10 @@ class PrefixCache:
     is asked (keep loss) to leave those prefix tokens as they are, so that the engine's fused prefix matches what
     training saw."""
 
-    def __init__(self, model, ids: list[int]):
+    def __init__(self, model, ids: list[int], track: bool = False):
+        """track: keep the graph (the LLM's adapters train, and the prefix's keys and values move with them)."""
         self.ids = torch.tensor(ids)
-        with torch.no_grad():
+        with torch.enable_grad() if track else torch.no_grad():
             out = model.model(inputs_embeds=model.model.embed_tokens(self.ids)[None], use_cache=True)
         self.layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, kv, P, d] each
 
@@ -170,6 +172,10 @@ def main(argv=None) -> None:
     parser.add_argument("--start-from", default=None, metavar="PT",
                         help="when OUT has no checkpoint yet: our weights from this file (e.g. train/checkpoints/"
                              "align.pt, the last committed stage 2; no optimizer moments), the step counted on")
+    parser.add_argument("--adapter-rank", type=int, default=0,
+                        help="LoRA on the frozen LLM's q_proj and v_proj (vidmini/families/llava_mini/adapter.py); "
+                             "0: none. A run with adapters needs its own --out (its optimizer has one more group)")
+    parser.add_argument("--adapter-lr", type=float, default=5e-4)
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     mix = weights(args.mix)
@@ -178,16 +184,20 @@ def main(argv=None) -> None:
     from vidmini.demo.checkpoint import prepare_llm_cache
 
     tokenizer = AutoTokenizer.from_pretrained(str(prepare_llm_cache()))
-    model = build_model()
+    model = build_model(DemoSize(adapter_rank=args.adapter_rank))
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(("model.mm_projector.", "model.prefusion_layers.")))
+        p.requires_grad_(name.startswith(("model.mm_projector.", "model.prefusion_layers.")) or ".lora_" in name)
     stage1 = load(Path(args.vision))["model"]
     loaded = model.load_state_dict({f"model.{k}": v for k, v in stage1.items()
                                     if k.startswith(("vision_tower.", "compressor."))}, strict=False)
     assert not loaded.unexpected_keys, loaded.unexpected_keys
     m = model.model
-    opt = torch.optim.AdamW([{"params": list(m.mm_projector.parameters()), "lr": args.lr},
-                             {"params": list(m.prefusion_layers.parameters()), "lr": args.lr * 0.3}], weight_decay=0.0)
+    groups = [{"params": list(m.mm_projector.parameters()), "lr": args.lr},
+              {"params": list(m.prefusion_layers.parameters()), "lr": args.lr * 0.3}]
+    adapters = [p for name, p in m.layers.named_parameters() if ".lora_" in name]
+    if adapters:
+        groups.append({"params": adapters, "lr": args.adapter_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in opt.param_groups]
     out = Path(args.out)
     step = 0
@@ -220,6 +230,8 @@ def main(argv=None) -> None:
             clip = make_clip(pool.catalogue, args.seed, step, k, args.steps, args.longest, mix)
             if not clip.questions:
                 continue
+            if adapters:  # the prefix's keys and values depend on the adapters: recomputed, in the graph
+                prefix = PrefixCache(model, prefix.ids.tolist(), track=True)
             loss, aux, right = clip_loss(model, tokenizer, pool, clip, table, prefix, args.words)
             ((loss + aux) / args.accumulate).backward()
             losses.append(loss.item())

@@ -23,7 +23,7 @@ def build_model(size: DemoSize = DemoSize()):
     model = LlavaMiniForCausalLM(config)
     fill_llm_weights(model, [])
     for i, layer in enumerate(model.model.prefusion_layers):
-        layer.load_state_dict(model.model.layers[i].state_dict())
+        layer.load_state_dict({k: v for k, v in model.model.layers[i].state_dict().items() if ".lora_" not in k})
         torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
         torch.nn.init.zeros_(layer.mlp.down_proj.weight)
     model.model.compressor.reset_positions()
@@ -31,7 +31,8 @@ def build_model(size: DemoSize = DemoSize()):
 
 
 def ours(model) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if k.startswith(OURS)}
+    """Everything but the LLM's own weights: our modules, and the LLM's adapters when it has them."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(OURS) or ".lora_" in k}
 
 
 def export(model, out: Path) -> Path:

@@ -29,6 +29,8 @@ class DemoSize:
     vision_heads: int = 4
     compressor_heads: int = 4
     prefusion_layers: int = 1
+    adapter_rank: int = 0  # LoRA on the LLM's attention (vidmini/families/llava_mini/adapter.py); 0: none
+    adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")  # rank 8 on both: ~0.46 M parameters, 0.9 MB fp16
 
 
 def vision_config(size: DemoSize) -> dict:
@@ -59,5 +61,7 @@ def build_demo_config(llm_config, size: DemoSize = DemoSize()):
         image_aspect_ratio="pad", resolution_ratio=1, vision_config=vision_config(size),
         llm_source={"package": LLM_PIP, "module": LLM_PACKAGE, "gguf_file": GGUF_FILE},
         demo_size=asdict(size),
+        **({"llm_adapter": {"rank": size.adapter_rank, "alpha": 2 * size.adapter_rank,
+                            "targets": list(size.adapter_targets)}} if size.adapter_rank else {}),
         architectures=["LlavaMiniForCausalLM"],
     )

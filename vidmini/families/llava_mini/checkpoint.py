@@ -132,4 +132,7 @@ def finish_loading(model, name_or_path, info: dict, tower_expected_missing: bool
         tower = CLIPVisionModel.from_pretrained(location, dtype=model.model.vision_tower.dtype)
         model.model.vision_tower.vision_tower.vision_model.load_state_dict(tower.state_dict())
     model.model.compressor.pos_embed.requires_grad_(False)
+    from vidmini.families.llava_mini import adapter
+
+    adapter.merge(model.model.layers)  # the LLM's adapters (the demo model's), once the LLM's own weights are in
     model.eval()

@@ -21,6 +21,7 @@ from transformers.models.llama.modeling_llama import (
 
 from vidmini.engine import capacity
 from vidmini.infra.internals import ignore_missing_keys, llama_forward
+from vidmini.families.llava_mini import adapter
 from vidmini.families.llava_mini.checkpoint import TOWER_KEYS_PATTERN, expected_missing, finish_loading, prepare_config
 from vidmini.families.llava_mini.compressor import Compressor
 from vidmini.families.llava_mini.conv_vision import MODEL_TYPE as CONV_MODEL_TYPE
@@ -61,6 +62,7 @@ class LlavaMiniForCausalLM(LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        adapter.attach(self.model.layers, config)  # after post_init: B must stay zero
         ignore_missing_keys(self, _EXPECTED_MISSING.get())
 
     def _init_weights(self, module: nn.Module) -> None:
