@@ -171,3 +171,22 @@ def test_the_first_load_says_what_it_prepares_and_draws_no_raw_bar(tmp_path, cap
     mb = [int(n) for n in re.findall(r"(\d+) MB", line)]
     assert gguf_path().name in line and str(target) in line and len(mb) == 2 and mb[1] > mb[0] > 0
 
+
+
+@needs_llm
+@pytest.mark.parametrize("budget", [1, 2, 4])
+def test_max_new_tokens_is_the_answers_budget(demo, budget):
+    """--max-new-tokens N gives N tokens of answer: the role header the model writes first ("<|im_start|>assistant"
+    and its line break) does not count. It did: N = 1-4 answered '' or 'ass'."""
+    from pathlib import Path
+
+    from vidmini.jobs.ask import Sampling, run_ask
+
+    model, tokenizer = demo
+    clip = Path(__file__).resolve().parents[1] / "sample_videos" / "shapes.mp4"
+    out = run_ask(model, tokenizer, str(clip), ["What colour is the star?", "Describe the video in detail."],
+                  model_name="demo", sampling=Sampling(), max_new_tokens=budget, progress=False, use_cache=False)
+    for got in out["answers"]:
+        assert got["answer"].strip(), got
+        assert len(tokenizer(got["answer"], add_special_tokens=False).input_ids) <= budget, got
+    assert out["answers"][0]["answer"] == "yellow"

@@ -370,13 +370,14 @@ def test_evidence_is_the_attention_the_model_computes_at_its_m_rope_positions(qw
     prefix, suffix = engine.frames.pieces(encoded, (0, None), count, 0)
     video, k = encoded.buffer.frames(), frames_model.tokens_per_unit
     units = len(video) // k
-    sequence = torch.cat([prefix, video, suffix, frames_model.embed(tokens[: max_new - 1])])  # [L, H]
+    assert len(tokens) >= max_new  # no eos: the budget, plus any blank tokens before the answer (uncounted)
+    sequence = torch.cat([prefix, video, suffix, frames_model.embed(tokens[:-1])])  # [L, H]: all but the last fed back
     positions = frames_model.positions(len(prefix), encoded.buffer.span(), 0).ids(0, len(sequence), "cpu")
     model.set_attn_implementation("eager")
     with torch.no_grad():
         weights = model.get_decoder()(inputs_embeds=sequence[None], position_ids=positions,
                                       output_attentions=True).attentions
-    first, n = len(prefix), max_new  # queries: the question's last position and the fed-back tokens
+    first, n = len(prefix), len(tokens)  # queries: the question's last position and the fed-back tokens
     per_unit = [w[0, :, :, first : first + units * k].unflatten(-1, (units, k)).sum(-1).mean(0) for w in weights]
     expected = torch.stack([p[-n:].mean(0) for p in per_unit])  # [layers, units]
     baseline = torch.stack([p[first + units * k] for p in per_unit])  # the first position after the frames

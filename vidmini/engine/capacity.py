@@ -123,10 +123,21 @@ def auto_batch_size(config, dtype, device) -> int:
     return int(max(1, min(MAX_AUTO_BATCH, free_bytes(device) * 0.5 // working_bytes_per_frame(config, dtype))))
 
 
+# Positions an answer may take beyond --max-new-tokens: what a model writes before its answer (LLaVA-Mini's prompt
+# stops before the role header, "<|start_header_id|>assistant<|end_header_id|>" or ChatML's "<|im_start|>assistant",
+# and a line break may follow), which the engine does not count as answer (Engine.header_tokens).
+ANSWER_HEADROOM = 8
+
+
+def answer_positions(max_new_tokens: int) -> int:
+    """KV positions held for an answer of `max_new_tokens` tokens."""
+    return max_new_tokens + ANSWER_HEADROOM
+
+
 def context_frames(config, prompt_tokens: int, max_new_tokens: int) -> int:
     """Frames whose tokens fit in the LLM's context next to the prompt and the answer."""
     context = text_config(config).max_position_embeddings
-    units = max(0, (context - prompt_tokens - max_new_tokens) // tokens_per_frame(config))
+    units = max(0, (context - prompt_tokens - answer_positions(max_new_tokens)) // tokens_per_frame(config))
     return units * frames_per_unit(config)
 
 
@@ -140,9 +151,9 @@ def answer_room(config, dtype, free: int, prompt_tokens: int) -> tuple[int, str]
     """(tokens, what limits them): the longest answer that leaves room for the prompt and one frame (one unit),
     in the LLM's context and in `free` bytes of memory for the token buffer and KV cache."""
     context = text_config(config).max_position_embeddings
-    by_context = context - prompt_tokens - tokens_per_frame(config)
+    by_context = context - prompt_tokens - tokens_per_frame(config) - ANSWER_HEADROOM
     unit = bytes_per_frame(config, dtype) * frames_per_unit(config)
-    by_memory = (free - unit) // kv_bytes_per_token(config, dtype) - prompt_tokens
+    by_memory = (free - unit) // kv_bytes_per_token(config, dtype) - prompt_tokens - ANSWER_HEADROOM
     if by_memory < by_context:
         return max(0, int(by_memory)), f"memory for the KV cache: {free / GIB:.1f} GiB free"
     return max(0, by_context), f"the LLM's context of {context} positions, less the prompt and one frame"
@@ -163,7 +174,7 @@ def frame_capacity(config, dtype, batch_size: int, free: int, prompt_tokens: int
     working = batch_size * working_bytes_per_frame(config, dtype) + RESERVE_BYTES
     check_answer_room(config, dtype, free - working, prompt_tokens, max_new_tokens)
     context = context_frames(config, prompt_tokens, max_new_tokens)
-    answer = (prompt_tokens + max_new_tokens) * kv_bytes_per_token(config, dtype)
+    answer = (prompt_tokens + answer_positions(max_new_tokens)) * kv_bytes_per_token(config, dtype)
     memory = max(frames_per_unit(config), whole_units((free - working - answer) // bytes_per_frame(config, dtype), config))
     if memory < context:
         return Capacity(int(memory), "memory left for the token buffer and KV cache")
@@ -174,7 +185,8 @@ def batch_beside(config, dtype, batch_size: int, free: int, frames: int, prompt_
                  max_new_tokens: int) -> int:
     """The vision batch, lowered so that `frames` frames and the answer still fit beside its working set: the
     batch gives way to the frames, never the reverse; and never more than there are frames."""
-    held = frames * bytes_per_frame(config, dtype) + (prompt_tokens + max_new_tokens) * kv_bytes_per_token(config, dtype)
+    held = (frames * bytes_per_frame(config, dtype)
+            + (prompt_tokens + answer_positions(max_new_tokens)) * kv_bytes_per_token(config, dtype))
     room = (free - RESERVE_BYTES - held) // working_bytes_per_frame(config, dtype)
     return int(max(1, min(batch_size, frames, room)))
 
@@ -183,7 +195,7 @@ def expected_peak(weight_bytes: int, frames: int, config, dtype, batch_size: int
     """Peak device bytes of a job: weights, every frame's buffer + KV, one vision batch's working set, the answer's
     KV positions."""
     return (weight_bytes + frames * bytes_per_frame(config, dtype) + batch_size * working_bytes_per_frame(config, dtype)
-            + max_new_tokens * kv_bytes_per_token(config, dtype))
+            + answer_positions(max_new_tokens) * kv_bytes_per_token(config, dtype))
 
 
 def projection(fixed: float, slope: float, config) -> dict:

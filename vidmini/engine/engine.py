@@ -28,6 +28,8 @@ from vidmini.inputs.preprocess import PixelBuffer, normalize, pixel_stats
 from vidmini.engine.role_header import role_header_ids, without_role_header
 from vidmini.inputs.video.frames import FrameBatch
 
+# Blank tokens a model may write between its role header and its answer (ChatML's line break), not counted as answer.
+LEADING_BLANKS = 2
 Encoded = FramePass  # what engine.encode returns: the family's state of the pass, with the token buffer in it
 
 
@@ -375,7 +377,7 @@ class Engine:
         max_new, eos = self.options.max_new_tokens, self.model.eos_ids()
         shared_len = len(shared) + len(frames) + len(after)
         longest = max(len(s) for _, s in embeds)
-        cache = new_cache(self.model, shared_len + longest + max_new)
+        cache = new_cache(self.model, shared_len + longest + capacity.answer_positions(max_new))
         if same_prefix:
             with self.recorder.stage("LLM prefill"):
                 self._prefill(positioned(self.model, self.model.positions(len(shared), span, len(after))),
@@ -395,8 +397,9 @@ class Engine:
                     logits = self._prefill(llm, [prefix, frames, after, suffix], cache, 0)
             with self.recorder.stage("answer decode"), recording(after_frames):
                 emit = (lambda t, i=i: on_token(i, t)) if on_token else None
-                tokens = decode(llm, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit)
-            self._measure_cache(cache, shared_len + longest + max_new)
+                tokens = decode(llm, logits, shared_len + len(suffix), cache, max_new, eos, pick, emit,
+                                uncounted=self.header_tokens)
+            self._measure_cache(cache, shared_len + longest + capacity.answer_positions(max_new))
             if capture:
                 with self.recorder.stage("evidence"):
                     answer, baseline = capture.frame_attention(  # [layers, units] each
@@ -425,6 +428,22 @@ class Engine:
         allocated = cache.allocated_bytes()
         if allocated:
             self.measured_kv_bytes_per_token = allocated // positions
+
+    def header_tokens(self, tokens: list[int]) -> int:
+        """How many of `tokens` come before the answer: the role header, when the model writes it (LLaVA-Mini's
+        prompt stops before it; other families' prompts end with it), then up to LEADING_BLANKS blank tokens. They
+        do not count against --max-new-tokens, so `--max-new-tokens 1` is one token of answer (what a model writes
+        after a header it was given counts, as in transformers' generate); capacity.ANSWER_HEADROOM holds them."""
+        visible = self.answer_tokens(tokens)
+        if visible is None:
+            return min(len(tokens), capacity.ANSWER_HEADROOM)
+        if len(visible) == len(tokens):  # no header written
+            return 0
+        blank = 0
+        while blank < min(LEADING_BLANKS, len(visible)) and not self.tokenizer.decode(
+                visible[blank : blank + 1], skip_special_tokens=True).strip():
+            blank += 1
+        return min(len(tokens) - len(visible) + blank, capacity.ANSWER_HEADROOM)
 
     def answer_tokens(self, tokens: list[int]) -> list[int] | None:
         """The answer's tokens without the role header the model may write first; None while they may still be

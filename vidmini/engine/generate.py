@@ -126,10 +126,13 @@ def decode(
     pick: Callable[[torch.Tensor], int] = greedy,
     on_token: Callable[[int], None] | None = None,
     step_logits: list[torch.Tensor] | None = None,
+    uncounted: Callable[[list[int]], int] | None = None,
 ) -> list[int]:
-    """Token by token from the prefill's logits; `length` = positions already in the cache."""
+    """Token by token from the prefill's logits; `length` = positions already in the cache. `uncounted(tokens)`:
+    how many of the tokens so far do not count against max_new_tokens (the role header a model writes before its
+    answer), so that the budget is the answer's; the cache must hold that many more."""
     tokens: list[int] = []
-    for step in range(max_new_tokens):
+    while max_new_tokens > 0:
         if step_logits is not None:
             step_logits.append(logits.float().cpu())
         token = pick(logits)
@@ -138,6 +141,7 @@ def decode(
         tokens.append(token)
         if on_token is not None:
             on_token(token)
-        if step + 1 < max_new_tokens:
-            logits = decode_step(model, token, length + step, cache)
+        if len(tokens) - (uncounted(tokens) if uncounted else 0) >= max_new_tokens:
+            break
+        logits = decode_step(model, token, length + len(tokens) - 1, cache)
     return tokens
