@@ -134,10 +134,10 @@ def answer_positions(max_new_tokens: int) -> int:
     return max_new_tokens + ANSWER_HEADROOM
 
 
-def context_frames(config, prompt_tokens: int, max_new_tokens: int) -> int:
-    """Frames whose tokens fit in the LLM's context next to the prompt and the answer."""
+def context_frames(config, prompt_tokens: int, answer_tokens: int) -> int:
+    """Frames whose tokens fit in the LLM's context next to the prompt and `answer_tokens` positions."""
     context = text_config(config).max_position_embeddings
-    units = max(0, (context - prompt_tokens - answer_positions(max_new_tokens)) // tokens_per_frame(config))
+    units = max(0, (context - prompt_tokens - answer_tokens) // tokens_per_frame(config))
     return units * frames_per_unit(config)
 
 
@@ -173,7 +173,7 @@ def frame_capacity(config, dtype, batch_size: int, free: int, prompt_tokens: int
     frame, or exit 2 (check_answer_room)."""
     working = batch_size * working_bytes_per_frame(config, dtype) + RESERVE_BYTES
     check_answer_room(config, dtype, free - working, prompt_tokens, max_new_tokens)
-    context = context_frames(config, prompt_tokens, max_new_tokens)
+    context = context_frames(config, prompt_tokens, answer_positions(max_new_tokens))
     answer = (prompt_tokens + answer_positions(max_new_tokens)) * kv_bytes_per_token(config, dtype)
     memory = max(frames_per_unit(config), whole_units((free - working - answer) // bytes_per_frame(config, dtype), config))
     if memory < context:
