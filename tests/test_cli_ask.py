@@ -134,3 +134,19 @@ def test_streamed_text_equals_the_json_answer(tiny_checkpoint, cli):
     text = cli(*args)
     as_json = cli(*args, "--json").json
     assert text.code == 0 and text.stdout.strip() == as_json["answers"][0]["answer"]
+
+
+def test_an_empty_answer_is_said_on_stderr(tiny_checkpoint, cli, monkeypatch):
+    """A model that ends its reply at once (decode yields no token) leaves an empty answer; stderr says so in one
+    line, so that the empty line on stdout does not read as a failure of vidmini. Answers with text get no note."""
+    import vidmini.engine.engine as engine
+
+    out = cli("ask", "--json", "--model", tiny_checkpoint, "--max-new-tokens", "3", SAMPLE, "What colours?")
+    assert out.code == 0 and ("empty answer" in out.stderr) == (not out.json["answers"][0]["answer"])
+    monkeypatch.setattr(engine, "decode", lambda *args, **kwargs: [])
+    out = cli("ask", "--json", "--model", tiny_checkpoint, SAMPLE, "What colours?", "Is there a square?")
+    assert out.code == 0, out.stderr
+    assert [a["answer"] for a in out.json["answers"]] == ["", ""]
+    notes = [line for line in out.stderr.splitlines() if "empty answer" in line]
+    assert notes == ["vidmini: the model gave an empty answer to 'What colours?' (it ended its reply at once)",
+                     "vidmini: the model gave an empty answer to 'Is there a square?' (it ended its reply at once)"]

@@ -183,6 +183,9 @@ def run_ask(model, tokenizer, path: str, questions: list[str], *, model_name: st
                                            on_evidence=found.add if evidence else None)
             if stream:
                 stream.finish(answers)
+            for question, answer in zip(questions, answers):
+                if not answer:  # an empty line on stdout alone would look like a failure of vidmini
+                    bar.note(f"the model gave an empty answer to {question!r} (it ended its reply at once)")
             for warning in source.report.warnings():
                 bar.note(f"{path}: {warning}")
             cache_info = _cache_info(source)
