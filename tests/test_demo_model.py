@@ -172,7 +172,6 @@ def test_the_first_load_says_what_it_prepares_and_draws_no_raw_bar(tmp_path, cap
     assert gguf_path().name in line and str(target) in line and len(mb) == 2 and mb[1] > mb[0] > 0
 
 
-
 @needs_llm
 @pytest.mark.parametrize("budget", [1, 2, 4])
 def test_max_new_tokens_is_the_answers_budget(demo, budget):

@@ -186,6 +186,19 @@ def test_the_role_header_is_never_part_of_an_answer(make, header):
     assert without_role_header(plain, found) == plain  # an answer without the header is left alone
 
 
+def test_the_tokens_before_an_answer_are_the_written_header_and_its_blanks():
+    """What --max-new-tokens does not count (role_header.tokens_before_answer): the header the model writes, then
+    at most two blank tokens; nothing when the model writes no header (the prompt ended with it)."""
+    from vidmini.engine.role_header import tokens_before_answer
+
+    header, blank = [1, 9], {5}
+    before = lambda tokens: tokens_before_answer(tokens, header, blank.__contains__)  # noqa: E731
+    assert before([1]) == 1  # perhaps the header's start: not answer yet
+    assert before([1, 9]) == 2 and before([1, 9, 7, 8]) == 2
+    assert before([1, 9, 5, 7]) == 3 and before([1, 9, 5, 5, 5, 7]) == 4  # two blanks at most
+    assert before([5, 7]) == 0 and before([7, 1, 9]) == 0  # no header written: every token counts
+
+
 def test_streamed_answers_lose_the_role_header_too(tiny_model, capsys):
     from vidmini.jobs.ask import TextStreamer
     from vidmini.engine.engine import Engine, Query

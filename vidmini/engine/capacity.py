@@ -125,7 +125,7 @@ def auto_batch_size(config, dtype, device) -> int:
 
 # Positions an answer may take beyond --max-new-tokens: what a model writes before its answer (LLaVA-Mini's prompt
 # stops before the role header, "<|start_header_id|>assistant<|end_header_id|>" or ChatML's "<|im_start|>assistant",
-# and a line break may follow), which the engine does not count as answer (Engine.header_tokens).
+# and a line break may follow), which the engine does not count as answer (role_header.tokens_before_answer).
 ANSWER_HEADROOM = 8
 
 

@@ -25,11 +25,9 @@ from vidmini.families.registry import adapt
 from vidmini.infra.memory import Recorder
 from vidmini.engine.generate import DEFAULT_CHUNK, decode, greedy, make_sampler, new_cache, positioned, prefill
 from vidmini.inputs.preprocess import PixelBuffer, normalize, pixel_stats
-from vidmini.engine.role_header import role_header_ids, without_role_header
+from vidmini.engine.role_header import role_header_ids, tokens_before_answer, without_role_header
 from vidmini.inputs.video.frames import FrameBatch
 
-# Blank tokens a model may write between its role header and its answer (ChatML's line break), not counted as answer.
-LEADING_BLANKS = 2
 Encoded = FramePass  # what engine.encode returns: the family's state of the pass, with the token buffer in it
 
 
@@ -430,20 +428,12 @@ class Engine:
             self.measured_kv_bytes_per_token = allocated // positions
 
     def header_tokens(self, tokens: list[int]) -> int:
-        """How many of `tokens` come before the answer: the role header, when the model writes it (LLaVA-Mini's
-        prompt stops before it; other families' prompts end with it), then up to LEADING_BLANKS blank tokens. They
-        do not count against --max-new-tokens, so `--max-new-tokens 1` is one token of answer (what a model writes
-        after a header it was given counts, as in transformers' generate); capacity.ANSWER_HEADROOM holds them."""
-        visible = self.answer_tokens(tokens)
-        if visible is None:
-            return min(len(tokens), capacity.ANSWER_HEADROOM)
-        if len(visible) == len(tokens):  # no header written
-            return 0
-        blank = 0
-        while blank < min(LEADING_BLANKS, len(visible)) and not self.tokenizer.decode(
-                visible[blank : blank + 1], skip_special_tokens=True).strip():
-            blank += 1
-        return min(len(tokens) - len(visible) + blank, capacity.ANSWER_HEADROOM)
+        """How many of `tokens` do not count against --max-new-tokens (role_header.tokens_before_answer), so that
+        `--max-new-tokens 1` is one token of answer; capacity.ANSWER_HEADROOM holds them."""
+        def is_blank(token: int) -> bool:
+            return not self.tokenizer.decode([token], skip_special_tokens=True).strip()
+
+        return min(tokens_before_answer(tokens, self.role_header, is_blank), capacity.ANSWER_HEADROOM)
 
     def answer_tokens(self, tokens: list[int]) -> list[int] | None:
         """The answer's tokens without the role header the model may write first; None while they may still be

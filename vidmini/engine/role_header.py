@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+# Blank tokens a model may write between its role header and its answer (ChatML's line break), not counted as answer.
+LEADING_BLANKS = 2
+
 
 def role_header_ids(tokenizer) -> list[int]:
     """The ids of the role header the chat template puts before an answer (its generation prompt without trailing
@@ -32,3 +37,18 @@ def without_role_header(tokens: list[int], header: list[int]) -> list[int] | Non
     if header and len(tokens) < len(header) and tokens == header[: len(tokens)]:
         return None
     return tokens
+
+
+def tokens_before_answer(tokens: list[int], header: list[int], is_blank: Callable[[int], bool]) -> int:
+    """How many of `tokens` come before the answer: the role header, when the model writes it (LLaVA-Mini's prompt
+    stops before it; other families' prompts end with it), then up to LEADING_BLANKS blank tokens. What a model
+    writes after a header it was given counts as answer, as in transformers' generate."""
+    visible = without_role_header(tokens, header)
+    if visible is None:
+        return len(tokens)
+    if len(visible) == len(tokens):  # no header written
+        return 0
+    blank = 0
+    while blank < min(LEADING_BLANKS, len(visible)) and is_blank(visible[blank]):
+        blank += 1
+    return len(tokens) - len(visible) + blank
