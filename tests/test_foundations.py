@@ -147,6 +147,26 @@ def test_dry_run_and_ask_apply_the_same_capacity_rule(tmp_path, capsys, monkeypa
     assert result["frames_used"] == plan["frames"]
 
 
+def test_a_model_reads_no_more_frames_than_it_was_trained_on(tmp_path, capsys, monkeypatch):
+    """A config's max_video_frames (the demo model's: the longest clip it was taught) caps the frames kept, spread
+    over the whole video, in the dry run and in `ask` alike, though far more would fit in the context."""
+    from vidmini.cli import main
+    from vidmini.testing.tiny_checkpoint import write_checkpoint
+    from vidmini.testing.videos import make_video
+
+    monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path / "cache"))
+    model = write_checkpoint(str(tmp_path / "ck"), max_position_embeddings=4096, max_video_frames=40)
+    video = make_video(str(tmp_path / "v.mp4"), 120, fps=1.0)
+    common = ["--model", model, "--max-new-tokens", "2", "--json", "--quiet", video, "What happens?"]
+    assert main(["ask", "--dry-run", *common]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert main(["ask", *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (plan["frames_planned"], plan["frames"], result["frames_used"]) == (120, 40, 40)
+    assert plan["frames_limited_by"] == "the model was trained on at most 40 frames at once"
+    assert any("one every 3.00 s" in note for note in result["notes"]), result["notes"]
+
+
 # ---- loading ---------------------------------------------------------------------------------------------------------
 def _checkpoint_without_tower(tmp_path: Path) -> Path:
     from safetensors.torch import load_file, save_file

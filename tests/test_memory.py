@@ -80,6 +80,10 @@ def test_projection_by_hand():
     assert out["24GB"] == {"frames": 3600, "hours_at_1fps": 1.0, "limited_by": "memory"}
     assert out["48GB"] == {"frames": 26947, "hours_at_1fps": 7.49, "limited_by": "memory"}  # + 22.8 GiB / 1 MiB
     assert out["80GB"] == {"frames": 30000, "hours_at_1fps": 8.33, "limited_by": "context"}
+    trained = projection(fixed, MB, SimpleNamespace(max_position_embeddings=30000, compressor_size=1,
+                                                    max_video_frames=3000))
+    assert trained["24GB"] == {"frames": 3000, "hours_at_1fps": 0.83, "limited_by": "trained frames"}
+    assert "trained on" in trained["note"]
 
 
 def test_reported_projection_uses_the_measured_slope(profiled, tiny_checkpoint):

@@ -185,6 +185,8 @@ def main(argv=None) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(prepare_llm_cache()))
     model = build_model(DemoSize(adapter_rank=args.adapter_rank))
+    # What it is taught is what it reads well: vidmini keeps no more frames than this (capacity.trained_frames).
+    model.config.max_video_frames = args.longest
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(("model.mm_projector.", "model.prefusion_layers.")) or ".lora_" in name)
     stage1 = load(Path(args.vision))["model"]

@@ -34,6 +34,7 @@ class FrameShape:
     vision_seq: int  # tokens through the vision tower per unit
     fusion_seq: int = 0  # tokens through a fusion stage per unit (0 = none)
     frames_per_unit: int = 1
+    max_frames: int | None = None  # the most frames the model was trained to read at once (None: what fits)
 
 
 def text_config(config):
@@ -134,11 +135,35 @@ def answer_positions(max_new_tokens: int) -> int:
     return max_new_tokens + ANSWER_HEADROOM
 
 
+def trained_frames(config) -> int | None:
+    """The most frames the model was trained to read at once, where it declares it (a FrameShape's max_frames, a
+    bare config's `max_video_frames`): a small LLM answers from more frames than it ever saw with unrelated text,
+    so more would fit but fewer, spread over the whole video, answer better. None: no such limit."""
+    if isinstance(config, FrameShape):
+        return config.max_frames
+    return getattr(config, "max_video_frames", None)
+
+
 def context_frames(config, prompt_tokens: int, answer_tokens: int) -> int:
-    """Frames whose tokens fit in the LLM's context next to the prompt and `answer_tokens` positions."""
+    """Frames whose tokens fit in the LLM's context next to the prompt and `answer_tokens` positions, and no more
+    than the model was trained to read (trained_frames)."""
     context = text_config(config).max_position_embeddings
     units = max(0, (context - prompt_tokens - answer_tokens) // tokens_per_frame(config))
-    return units * frames_per_unit(config)
+    fit, trained = units * frames_per_unit(config), trained_frames(config)
+    return fit if trained is None else min(fit, whole_units(trained, config))
+
+
+def limited_by_training(config, frames: int) -> bool:
+    """Whether `frames` (= context_frames) is the model's trained limit rather than what its context holds."""
+    trained = trained_frames(config)
+    return trained is not None and frames == whole_units(trained, config)
+
+
+def context_reason(config, frames: int) -> str:
+    """What limits `frames` (= context_frames), in words for the user."""
+    if limited_by_training(config, frames):
+        return f"the model was trained on at most {trained_frames(config)} frames at once"
+    return f"the LLM's context ({text_config(config).max_position_embeddings} positions)"
 
 
 @dataclass(frozen=True)
@@ -178,7 +203,7 @@ def frame_capacity(config, dtype, batch_size: int, free: int, prompt_tokens: int
     memory = max(frames_per_unit(config), whole_units((free - working - answer) // bytes_per_frame(config, dtype), config))
     if memory < context:
         return Capacity(int(memory), "memory left for the token buffer and KV cache")
-    return Capacity(int(context), f"the LLM's context ({text_config(config).max_position_embeddings} positions)")
+    return Capacity(int(context), context_reason(config, context))
 
 
 def batch_beside(config, dtype, batch_size: int, free: int, frames: int, prompt_tokens: int,
@@ -201,12 +226,14 @@ def expected_peak(weight_bytes: int, frames: int, config, dtype, batch_size: int
 def projection(fixed: float, slope: float, config) -> dict:
     """PROJECTION (not measured): the longest video at 1 fps whose frames fit next to the fixed memory, per card."""
     context = context_frames(config, 0, 0)
-    out = {"note": "projection from the per-frame slope; frames also capped by the LLM context"}
+    trained = limited_by_training(config, context)
+    out = {"note": "projection from the per-frame slope; frames also capped by the LLM context"
+                   + (" and the frames the model was trained on" if trained else "")}
     for gb in CARDS_GB:
         frames = max(0, int((gb * GIB * USABLE - fixed) // slope)) if slope else 0
         frames = min(frames, context)
-        out[f"{gb}GB"] = {"frames": frames, "hours_at_1fps": round(frames / 3600, 2),
-                          "limited_by": "context" if frames == context else "memory"}
+        limit = ("trained frames" if trained else "context") if frames == context else "memory"
+        out[f"{gb}GB"] = {"frames": frames, "hours_at_1fps": round(frames / 3600, 2), "limited_by": limit}
     return out
 
 

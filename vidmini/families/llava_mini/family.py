@@ -23,15 +23,16 @@ from vidmini.inputs.video.frames import FrameGeometry
 def frame_shape(config, prefusion_tokens: int | None = None) -> capacity.FrameShape:
     """LLaVA-Mini's frame: C*C tokens. Exact: CLIP and pre-fusion both sized by the whole vision prefix + a prompt
     (the rule vidmini has used since phase 1). With `prefusion_tokens`: CLIP over all patches, pre-fusion over the
-    K kept + the compressed tokens + a prompt."""
+    K kept + the compressed tokens + a prompt. A config's `max_video_frames` (the demo model's) caps the frames."""
     vision, tokens = dict(config.vision_config), capacity.tokens_per_frame(config)
-    prefix = vision_prefix_len(config)
+    prefix, trained = vision_prefix_len(config), capacity.trained_frames(config)
     if prefusion_tokens is None:
         seq = prefix + capacity.PROMPT_TOKENS_GUESS
-        return capacity.FrameShape(config, tokens, vision, seq, seq)
+        return capacity.FrameShape(config, tokens, vision, seq, seq, max_frames=trained)
     patches = prefix - tokens
     kept = min(prefusion_tokens, patches)
-    return capacity.FrameShape(config, tokens, vision, patches, kept + tokens + capacity.PROMPT_TOKENS_GUESS)
+    return capacity.FrameShape(config, tokens, vision, patches, kept + tokens + capacity.PROMPT_TOKENS_GUESS,
+                               max_frames=trained)
 
 
 @dataclass
