@@ -128,20 +128,26 @@ def test_no_import_cycles():
     assert not cycles, cycles[:5]
 
 
-def test_dry_run_and_ask_apply_the_same_capacity_rule(tmp_path, capsys, monkeypatch):
-    """A video longer than the context: the dry run plans exactly the frames `ask` then uses."""
+def _plan_then_ask(tmp_path, capsys, monkeypatch, seconds: int, **config) -> tuple[dict, dict]:
+    """`ask --dry-run --json` then `ask --json` on a `seconds`-long 1-fps video, with a tiny checkpoint whose
+    config takes `config`: (the plan, the result)."""
     from vidmini.cli import main
     from vidmini.testing.tiny_checkpoint import write_checkpoint
     from vidmini.testing.videos import make_video
 
     monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path / "cache"))
-    model = write_checkpoint(str(tmp_path / "ck"), max_position_embeddings=200)
-    video = make_video(str(tmp_path / "v.mp4"), 300, fps=1.0)
+    model = write_checkpoint(str(tmp_path / "ck"), **config)
+    video = make_video(str(tmp_path / "v.mp4"), seconds, fps=1.0)
     common = ["--model", model, "--max-new-tokens", "2", "--json", "--quiet", video, "What happens?"]
     assert main(["ask", "--dry-run", *common]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert main(["ask", *common]) == 0
-    result = json.loads(capsys.readouterr().out)
+    return plan, json.loads(capsys.readouterr().out)
+
+
+def test_dry_run_and_ask_apply_the_same_capacity_rule(tmp_path, capsys, monkeypatch):
+    """A video longer than the context: the dry run plans exactly the frames `ask` then uses."""
+    plan, result = _plan_then_ask(tmp_path, capsys, monkeypatch, 300, max_position_embeddings=200)
     assert plan["frames_planned"] == 300 and plan["frames"] < 200
     assert "context" in plan["frames_limited_by"]
     assert result["frames_used"] == plan["frames"]
@@ -150,18 +156,8 @@ def test_dry_run_and_ask_apply_the_same_capacity_rule(tmp_path, capsys, monkeypa
 def test_a_model_reads_no_more_frames_than_it_was_trained_on(tmp_path, capsys, monkeypatch):
     """A config's max_video_frames (the demo model's: the longest clip it was taught) caps the frames kept, spread
     over the whole video, in the dry run and in `ask` alike, though far more would fit in the context."""
-    from vidmini.cli import main
-    from vidmini.testing.tiny_checkpoint import write_checkpoint
-    from vidmini.testing.videos import make_video
-
-    monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path / "cache"))
-    model = write_checkpoint(str(tmp_path / "ck"), max_position_embeddings=4096, max_video_frames=40)
-    video = make_video(str(tmp_path / "v.mp4"), 120, fps=1.0)
-    common = ["--model", model, "--max-new-tokens", "2", "--json", "--quiet", video, "What happens?"]
-    assert main(["ask", "--dry-run", *common]) == 0
-    plan = json.loads(capsys.readouterr().out)
-    assert main(["ask", *common]) == 0
-    result = json.loads(capsys.readouterr().out)
+    plan, result = _plan_then_ask(tmp_path, capsys, monkeypatch, 120, max_position_embeddings=4096,
+                                  max_video_frames=40)
     assert (plan["frames_planned"], plan["frames"], result["frames_used"]) == (120, 40, 40)
     assert plan["frames_limited_by"] == "the model was trained on at most 40 frames at once"
     assert any("one every 3.00 s" in note for note in result["notes"]), result["notes"]
