@@ -159,7 +159,7 @@ def test_a_model_reads_no_more_frames_than_it_was_trained_on(tmp_path, capsys, m
     plan, result = _plan_then_ask(tmp_path, capsys, monkeypatch, 120, max_position_embeddings=4096,
                                   max_video_frames=40)
     assert (plan["frames_planned"], plan["frames"], result["frames_used"]) == (120, 40, 40)
-    assert plan["frames_limited_by"] == "the model was trained on at most 40 frames at once"
+    assert plan["frames_limited_by"] == "the model's trained length, 40 frames"
     assert any("one every 3.00 s" in note for note in result["notes"]), result["notes"]
 
 

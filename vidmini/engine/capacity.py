@@ -162,7 +162,7 @@ def limited_by_training(config, frames: int) -> bool:
 def context_reason(config, frames: int) -> str:
     """What limits `frames` (= context_frames), in words for the user."""
     if limited_by_training(config, frames):
-        return f"the model was trained on at most {trained_frames(config)} frames at once"
+        return f"the model's trained length, {trained_frames(config)} frames"
     return f"the LLM's context ({text_config(config).max_position_embeddings} positions)"
 
 

@@ -260,6 +260,7 @@ def print_dry_run(plan: dict) -> None:
         f"expected peak: {plan['expected_peak_bytes'] / GIB:.2f} GiB (estimate); fits: "
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in plan["fits"].items()),
         "PROJECTION, longest video at 1 fps: " + "; ".join(
-            f"{k}: {v['hours_at_1fps']} h" for k, v in plan["longest_video_at_1fps"].items() if k != "note"),
+            f"{k}: {v['hours_at_1fps']} h" + (f" ({v['limited_by']})" if v["limited_by"] != "memory" else "")
+            for k, v in plan["longest_video_at_1fps"].items() if k != "note"),
     ]
     print("\n".join(lines))
