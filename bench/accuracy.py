@@ -60,7 +60,7 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path, prefusi
 
     results = defaultdict(lambda: [0, 0])
     evidence = [0, 0]  # "when" questions whose top evidence moment lies on the item's first showing (+- 3 s), asked
-    examples = []
+    rows = []  # every question asked: what went wrong, by type (e.g. which counts a count question answers)
     for i in range(n_still + n_seq):
         rng = random.Random(i)  # held-out: training seeds are 1000+ (see train/)
         if i < n_still:
@@ -83,16 +83,15 @@ def part_by_type(model, tokenizer, n_still: int, n_seq: int, work: Path, prefusi
             if qa.kind == "when":  # where the answer looked: the top --evidence moment on the item's first showing
                 evidence[0] += evidence_on(tl, qa, a["evidence"])
                 evidence[1] += 1
-            if len(examples) < 40:
-                examples.append({"clip": i, "question": qa.question, "expected": qa.answer, "answer": a["answer"],
-                                 "right": ok})
+            rows.append({"clip": i, "kind": qa.kind, "question": qa.question, "expected": qa.answer,
+                         "answer": a["answer"], "right": ok})
     table = {k: {"right": r, "asked": n, "accuracy": round(r / n, 3)} for k, (r, n) in sorted(results.items())}
     single = [results[k] for k in SINGLE_EVENT if k in results]
     r, n = sum(x[0] for x in single), sum(x[1] for x in single)
     return {"by_type": table, "single_event": {"right": r, "asked": n, "accuracy": round(r / max(1, n), 3)},
             "when_evidence": {"on_the_item": evidence[0], "asked": evidence[1],
                               "rate": round(evidence[0] / max(1, evidence[1]), 3)},
-            "examples": examples}
+            "rows": rows}
 
 
 def evidence_on(tl, qa, found: list[dict], tolerance_s: float = 3.0) -> bool:
