@@ -99,7 +99,7 @@ def batches(timeline: Timeline, times: np.ndarray, geometry):
 
 def with_needle(engine, base, background: Timeline, needle: Needle, times: np.ndarray, queries):
     """`base` (the background's encoding) with the needle's frames encoded and put in place."""
-    from vidmini.engine.engine import TokenBuffer
+    from vidmini.engine.token_buffer import TokenBuffer
 
     event = needle.timeline.events[0]
     idx = np.flatnonzero((times >= event.start) & (times < event.end))

@@ -95,7 +95,7 @@ class FramePass:
     prompts: list[list[int]]  # each question's `prompt_ids`
     ranges: list[tuple[int, int | None]]  # distinct (first frame, end frame or None) of the queries
     extra: dict[str, Any] = field(default_factory=dict)  # free for a family's own bookkeeping
-    buffer: Any = None  # the engine's token buffer (vidmini.engine.engine.TokenBuffer), set once `begin` returns
+    buffer: Any = None  # the engine's token buffer (vidmini.engine.token_buffer.TokenBuffer), set once `begin` returns
 
     @property
     def frames(self) -> int:
