@@ -34,13 +34,12 @@ FAST = ["--max-frames", "2", "--max-new-tokens", "2", "--quiet"]
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Every case gets its own frame cache, no network, and a fresh set of once-only warnings."""
-    from vidmini.inputs import cache
+    from vidmini.inputs import cache_folder
 
     monkeypatch.setenv("VIDMINI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("VIDMINI_CACHE_MAX_GB", raising=False)
-    if hasattr(cache, "reset_warnings"):
-        cache.reset_warnings()
+    cache_folder.reset_warnings()
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ def cache_show(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from vidmini.inputs import cache
+    from vidmini.inputs import cache_folder
 
-    root, found = cache.cache_root(), cache.entries()
-    total, limit = sum(e["bytes"] for e in found), cache.limit_bytes()
+    root, found = cache_folder.cache_root(), cache_folder.entries()
+    total, limit = sum(e["bytes"] for e in found), cache_folder.limit_bytes()
     if json_out:
         print(json.dumps({"root": str(root), "limit_bytes": limit, "total_bytes": total, "entries": found}))
         return
@@ -44,15 +44,15 @@ def cache_clear(
     json_out: bool = JsonOpt,
 ) -> None:
     """Remove cache entries (all, or those unused for --older-than) and temp folders left by killed runs."""
-    from vidmini.inputs import cache
+    from vidmini.inputs import cache_folder
 
     try:
-        age = cache.parse_age(older_than) if older_than is not None else None
+        age = cache_folder.parse_age(older_than) if older_than is not None else None
     except ValueError:
         raise errors.UsageError(f"--older-than {older_than!r}: give a duration such as 30d, 12h or 90m")
-    removed = cache.clear(older_than_s=age)
+    removed = cache_folder.clear(older_than_s=age)
     freed = sum(e["bytes"] for e in removed)
     if json_out:
         print(json.dumps({"removed": removed, "freed_bytes": freed}))
     else:
-        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {freed / 1e6:.1f} MB, from {cache.cache_root()}")
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {freed / 1e6:.1f} MB, from {cache_folder.cache_root()}")
