@@ -110,6 +110,36 @@ def test_needle_and_sequence_clips_say_what_they_show():
     assert seen(np.zeros(8, np.int16)).count == 0
 
 
+def test_sequence_clips_count_what_a_viewer_would_count():
+    """A count is of one item as a viewer names it (a shape by kind and colour, a digit or word by value), and an
+    item shown again is, where the pool has one, another frame of it: counting identical tokens would not carry
+    to a real video."""
+    import re
+
+    from train.clips import Catalogue, identity
+    from train.pool import make_shard
+
+    shard = make_shard(7, 0, 120)
+    catalogue = Catalogue(shard["heads"], count_share=1.0)
+    rng = random.Random(1)
+    counted, fresh_repeats = 0, 0
+    for _ in range(60):
+        clip = catalogue.sequence(rng, 40)
+        starts = [i for i, f in enumerate(clip.frames) if catalogue.seen[f].count and (i == 0 or clip.frames[i - 1] != f)]
+        shown = [clip.frames[i] for i in starts]
+        kind = catalogue._kind(catalogue.seen[shown[0]])
+        keys = [identity(catalogue.seen[f], kind) for f in shown]
+        qa = next(qa for qa in clip.questions if qa.kind == "count")  # count_share=1: always asked
+        named = re.search(r"(?:does|is|times) (?:a|the number|the digit|the word) (.+?) (?:appears?|shown)", qa.question)
+        words = named.group(1).split()  # [value] or, for a shape, [colour, shape] or [shape]
+        expected = sum(k[0] == words[-1] and (len(words) == 1 or k[1] == words[0]) for k in keys)
+        assert qa.answer == str(expected), (qa, keys)
+        counted += 1
+        fresh_repeats += sum(keys[i] in keys[:i] and shown[i] not in shown[:i] for i in range(len(shown)))
+    assert counted == 60 and fresh_repeats > 0
+    assert Catalogue(shard["heads"], count_share=0.0).sequence(random.Random(1), 40).questions[-1].kind != "count"
+
+
 def test_kind_weights_choose_what_clips_are_about():
     from train.clips import Catalogue
     from train.pool import make_shard

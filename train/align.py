@@ -63,7 +63,7 @@ class PrefixCache:
 class Pool:
     """Stage 1's pool frames (pooled to the tower's input size) and what each shows."""
 
-    def __init__(self, folder: Path, shards: int, kinds: dict[str, float] | None = None):
+    def __init__(self, folder: Path, shards: int, kinds: dict[str, float] | None = None, count_share: float = 0.3):
         names = sorted(folder.glob("shard-*.npz"))[:shards]
         if not names:
             raise SystemExit(f"no shards in {folder}: run python -m train.pool first")
@@ -73,7 +73,7 @@ class Pool:
                 frames.append(z["frames"])
                 heads.append(z["heads"])
         self.frames = np.concatenate(frames)  # [N, 168, 168, 3] uint8
-        self.catalogue = Catalogue(np.concatenate(heads), kinds)
+        self.catalogue = Catalogue(np.concatenate(heads), kinds, count_share)
 
 
 def encode_distinct(model, pool: Pool, clip: Clip, table: torch.Tensor):
@@ -145,6 +145,11 @@ def make_clip(catalogue: Catalogue, seed: int, step: int, k: int, steps: int, lo
     return catalogue.sequence(rng, min(reach, rng.randint(16, 60)))
 
 
+def progress(step: int, args) -> float:
+    """Where `step` is on the lr's cosine, 0 at --cosine-from, 1 at --steps."""
+    return (step - args.cosine_from) / max(1, args.steps - args.cosine_from)
+
+
 def weights(text: str) -> dict[str, float]:
     """"name=W,name=W" as given to --mix and --kinds."""
     return {k: float(v) for k, v in (p.split("=") for p in text.split(","))}
@@ -163,6 +168,8 @@ def main(argv=None) -> None:
     parser.add_argument("--mix", default="still=0.5,needle=0.38,sequence=0.12")
     parser.add_argument("--kinds", default=None, metavar="shape=W,digit=W,word=W",
                         help="weights of the kind of item a clip is about (default: alike, stills from any frame)")
+    parser.add_argument("--count-share", type=float, default=0.3,
+                        help="share of sequence clips that also ask how many times an item appears")
     parser.add_argument("--longest", type=int, default=1000, help="the curriculum's longest needle clip (frames)")
     parser.add_argument("--seed", type=int, default=2000)  # training seeds: 1000+; evaluation uses < 1000
     parser.add_argument("--save-every", type=int, default=25)
@@ -176,6 +183,8 @@ def main(argv=None) -> None:
                         help="LoRA on the frozen LLM's q_proj and v_proj (vidmini/families/llava_mini/adapter.py); "
                              "0: none. A run with adapters needs its own --out (its optimizer has one more group)")
     parser.add_argument("--adapter-lr", type=float, default=5e-4)
+    parser.add_argument("--cosine-from", type=int, default=0, metavar="STEP",
+                        help="the lr's cosine runs from STEP to --steps (a fine-tune's own full cycle); default 0")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
     mix = weights(args.mix)
@@ -216,14 +225,14 @@ def main(argv=None) -> None:
     first = step  # the lr warms up again after any resume (a committed start has no optimizer moments)
     model.train()
     kinds = weights(args.kinds) if args.kinds else None
-    pool = Pool(Path(args.pool), args.pool_shards, kinds)
+    pool = Pool(Path(args.pool), args.pool_shards, kinds, args.count_share)
     table = pixel_stats(model.config.image_mean, model.config.image_std)
     log = LossLog(out / "log.jsonl")
     losses, auxes, hits = [], [], {}
     prefix_ids = build_prompt_ids(tokenizer, "?")
     prefix = PrefixCache(model, prefix_ids[: prefix_ids.index(IMAGE_TOKEN_INDEX)])
     while step < args.steps:
-        scale = min(1.0, (step - first + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
+        scale = min(1.0, (step - first + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress(step, args))))
         for group, lr in zip(opt.param_groups, base):
             group["lr"] = lr * scale
         t0, length = time.monotonic(), 0

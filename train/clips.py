@@ -139,24 +139,48 @@ def label_of(s: Seen, kind: str) -> str:
     return (s.digit if kind == "digit" else s.word)[0]
 
 
+def identity(s: Seen, kind: str) -> tuple[str, str]:
+    """What makes two single-item frames the same item to a viewer: a shape by kind and colour, a digit or a word
+    by its value (its colour aside), as the product's questions name them."""
+    if kind == "shape":
+        shape, colour = next(iter(s.shapes.items()))
+        return shape, colour
+    return label_of(s, kind), ""
+
+
 def order_question(items: list[Seen], kind: str, rng: random.Random) -> QA | None:
+    which = rng.choice(["first", "last"])
+    end = 0 if which == "first" else -1
+    if kind == "shape" and rng.random() < 0.5:
+        colours = [next(iter(s.shapes.values())) for s in items]
+        if len(set(colours)) < 2:
+            return None
+        q = pick(rng, [f"What colour is the {which} shape shown?", f"Which colour is the {which} shape?",
+                       f"What color is the shape that appears {which}?"])
+        return QA(q, colours[end], which)
     labels = [label_of(s, kind) for s in items]
     if len(set(labels)) < 2:
         return None
-    which = rng.choice(["first", "last"])
-    answer = labels[0] if which == "first" else labels[-1]
     noun = {"shape": "shape", "digit": pick(rng, ["digit", "number"]), "word": "word"}[kind]
     q = pick(rng, [f"Which {noun} appears {which}?", f"What is the {which} {noun} shown?",
                    f"Which {noun} is shown {which}?", f"What {noun} comes {which}?"])
-    return QA(q, answer, which)
+    return QA(q, labels[end], which)
 
 
 def count_question(items: list[Seen], kind: str, rng: random.Random) -> QA:
-    labels = [label_of(s, kind) for s in items]
-    target = rng.choice(labels)
-    n = labels.count(target)
-    what = {"shape": f"a {target}", "digit": f"the number {target}", "word": f"the word {target}"}[kind]
-    q = pick(rng, [f"How many times does {what} appear?", f"How often is {what} shown?"])
+    """How many times one item is shown. A shape is named with its colour unless its kind alone is unambiguous
+    among the items (then either way)."""
+    keys = [identity(s, kind) for s in items]
+    target = rng.choice(keys)
+    n = keys.count(target)
+    value, colour = target
+    if kind == "shape":
+        alone = all(k[1] == colour for k in keys if k[0] == value)
+        what = f"a {value}" if alone and rng.random() < 0.5 else f"a {colour} {value}"
+    else:
+        what = {"digit": pick(rng, [f"the number {value}", f"the digit {value}"]), "word": f"the word {value}"}[kind]
+    q = pick(rng, [f"How many times does {what} appear?", f"How often is {what} shown?",
+                   f"How many times is {what} shown?", f"Count the times {what} appears."])
     return QA(q, str(n), "count")
 
 
@@ -181,8 +205,9 @@ class Catalogue:
     share it), a needle or a sequence is made of items of that kind. None: the three kinds alike, and stills drawn
     from every frame that shows anything (the clips of earlier runs, draw for draw)."""
 
-    def __init__(self, heads: np.ndarray, kinds: dict[str, float] | None = None):
+    def __init__(self, heads: np.ndarray, kinds: dict[str, float] | None = None, count_share: float = 0.3):
         self.seen = [seen(h) for h in heads]
+        self.count_share = count_share
         self.empty = [i for i, s in enumerate(self.seen) if s.count == 0]
         self.any = [i for i, s in enumerate(self.seen) if s.count > 0]
         self.single = {k: [i for i, s in enumerate(self.seen) if s.count == 1 and self._kind(s) == k] for k in KINDS}
@@ -190,6 +215,10 @@ class Catalogue:
             raise ValueError(f"kinds weights {kinds}: a weight for some of {KINDS}, one of them positive")
         self.kinds = kinds
         self.showing = {k: [i for i in self.any if self._shows(self.seen[i], k)] for k in KINDS}
+        self.alike: dict[tuple, list[int]] = {}  # (kind, identity) -> the single-item frames that show it
+        for k in KINDS:
+            for i in self.single[k]:
+                self.alike.setdefault((k, identity(self.seen[i], k)), []).append(i)
 
     @classmethod
     def _kind(cls, s: Seen) -> str:
@@ -229,9 +258,11 @@ class Catalogue:
         return Clip("needle", frames, questions, at)
 
     def sequence(self, rng: random.Random, length: int) -> Clip:
+        """2-4 appearances of 2-3 items of one kind between scenes; an item shown again is another frame of the
+        same item where the pool has one (another place, size, background), as a video shows it again."""
         kind = self.kind(rng)
-        pool = [rng.choice(self.single[kind]) for _ in range(rng.randint(2, 3))]
-        shown = [rng.choice(pool) for _ in range(rng.randint(2, 4))]
+        pool = [identity(self.seen[rng.choice(self.single[kind])], kind) for _ in range(rng.randint(2, 3))]
+        shown = [rng.choice(self.alike[kind, rng.choice(pool)]) for _ in range(rng.randint(2, 4))]
         gaps = max(1, length // (len(shown) + 1))
         frames: list[int] = self.backgrounds(rng, rng.randint(0, gaps))
         for i in shown:
@@ -239,7 +270,7 @@ class Catalogue:
             frames += self.backgrounds(rng, rng.randint(1, gaps))
         items = [self.seen[i] for i in shown]
         qas = [qa for qa in (order_question(items, kind, rng),) if qa is not None]
-        if rng.random() < 0.3:
+        if rng.random() < self.count_share:
             qas.append(count_question(items, kind, rng))
         return Clip("sequence", frames, qas)
 
