@@ -38,11 +38,11 @@ from vidmini.demo.video import write_video  # noqa: E402
 LOOKS = [(336, 336, 20), (320, 240, 28), (224, 224, 32), (480, 270, 23), (160, 160, 26)]  # width, height, crf
 
 
-def load_demo(model_id: str):
+def load_demo(model_id: str, dtype: str = "auto"):
     """model_id: "demo" (the shipped weights) or a candidate folder of the same layout (train/align.py's export)."""
     from vidmini.families.loading import LoadOptions, load_model
 
-    return load_model(LoadOptions(model=model_id, device="cpu"))
+    return load_model(LoadOptions(model=model_id, device="cpu", dtype=dtype))
 
 
 def clip_questions(tl, rng: random.Random, kinds: list[str]):
@@ -108,7 +108,7 @@ def needle_evidence_on(event, found: list[dict], tolerance_s: float = 3.0) -> bo
 
 
 def part_needle(lengths: list[int], positions: list[float], work: Path, model_id: str, seed: int = 500,
-                prefusion_tokens: int | None = None) -> list[dict]:
+                prefusion_tokens: int | None = None, dtype: str = "auto") -> list[dict]:
     rows = []
     for li, length in enumerate(lengths):
         for pi, pos in enumerate(positions):
@@ -120,7 +120,7 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, model_id
             write_video(tl, path, fps=1.0, width=128, height=128, crf=26)
             made = time.monotonic() - t0
             cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", model_id, "--json",
-                   "--no-cache", "--max-new-tokens", "16", "--evidence", "1"]
+                   "--no-cache", "--max-new-tokens", "16", "--evidence", "1", "--dtype", dtype]
             if prefusion_tokens:
                 cmd += ["--prefusion-tokens", str(prefusion_tokens)]
             t0 = time.monotonic()
@@ -205,6 +205,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="demo", help="demo, or a folder exported by train/align.py")
     parser.add_argument("--prefusion-tokens", type=int, default=None, metavar="K",
                         help="ask with vidmini's --prefusion-tokens K (VisionZip before pre-fusion); default: exact")
+    parser.add_argument("--dtype", default="auto", help="vidmini's --dtype for every answer (auto: float32 here)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the JSON reports of runs made in parallel (e.g. one per needle length) into OUT")
     args = parser.parse_args(argv)
@@ -219,11 +220,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(int(os.environ.get("VIDMINI_BENCH_THREADS", "2")))
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "torch_threads": torch.get_num_threads()},
-              "model": args.model, "prefusion_tokens": args.prefusion_tokens}
+              "model": args.model, "prefusion_tokens": args.prefusion_tokens, "dtype": args.dtype}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        model, tokenizer = load_demo(args.model)
+        model, tokenizer = load_demo(args.model, args.dtype)
         report["load_s"] = round(time.monotonic() - t0, 1)
         report["decode_tokens_per_s"] = round(decode_speed(model, tokenizer), 1)
         print(f"decode: {report['decode_tokens_per_s']} tokens/s", flush=True)
@@ -234,7 +235,8 @@ def main(argv=None) -> None:
         del model
         lengths = [int(x) for x in args.needle_lengths.split(",") if x]
         positions = [float(x) for x in args.needle_positions.split(",") if x]
-        report["needle"] = part_needle(lengths, positions, work, args.model, prefusion_tokens=args.prefusion_tokens) \
+        report["needle"] = part_needle(lengths, positions, work, args.model, prefusion_tokens=args.prefusion_tokens,
+                                       dtype=args.dtype) \
             if lengths else []
     write_report(report, args.out)
 
