@@ -38,11 +38,12 @@ from vidmini.demo.video import write_video  # noqa: E402
 LOOKS = [(336, 336, 20), (320, 240, 28), (224, 224, 32), (480, 270, 23), (160, 160, 26)]  # width, height, crf
 
 
-def load_demo(model_id: str, dtype: str = "auto"):
-    """model_id: "demo" (the shipped weights) or a candidate folder of the same layout (train/align.py's export)."""
+def load_demo(model_id: str, dtype: str = "auto", quantize: str = "auto"):
+    """model_id: "demo" (the shipped weights) or a candidate folder of the same layout (train/align.py's export);
+    dtype and quantize as `vidmini ask` takes them (auto: what `vidmini ask` runs by default)."""
     from vidmini.families.loading import LoadOptions, load_model
 
-    return load_model(LoadOptions(model=model_id, device="cpu", dtype=dtype))
+    return load_model(LoadOptions(model=model_id, device="cpu", dtype=dtype, quantize=quantize))
 
 
 def clip_questions(tl, rng: random.Random, kinds: list[str]):
@@ -108,7 +109,7 @@ def needle_evidence_on(event, found: list[dict], tolerance_s: float = 3.0) -> bo
 
 
 def part_needle(lengths: list[int], positions: list[float], work: Path, model_id: str, seed: int = 500,
-                prefusion_tokens: int | None = None, dtype: str = "auto") -> list[dict]:
+                prefusion_tokens: int | None = None, dtype: str = "auto", quantize: str = "auto") -> list[dict]:
     rows = []
     for li, length in enumerate(lengths):
         for pi, pos in enumerate(positions):
@@ -120,7 +121,8 @@ def part_needle(lengths: list[int], positions: list[float], work: Path, model_id
             write_video(tl, path, fps=1.0, width=128, height=128, crf=26)
             made = time.monotonic() - t0
             cmd = [sys.executable, "-m", "vidmini", "ask", path, qa.question, "--model", model_id, "--json",
-                   "--no-cache", "--max-new-tokens", "16", "--evidence", "1", "--dtype", dtype]
+                   "--no-cache", "--max-new-tokens", "16", "--evidence", "1", "--dtype", dtype,
+                   "--quantize", quantize]
             if prefusion_tokens:
                 cmd += ["--prefusion-tokens", str(prefusion_tokens)]
             t0 = time.monotonic()
@@ -206,6 +208,8 @@ def main(argv=None) -> None:
     parser.add_argument("--prefusion-tokens", type=int, default=None, metavar="K",
                         help="ask with vidmini's --prefusion-tokens K (VisionZip before pre-fusion); default: exact")
     parser.add_argument("--dtype", default="auto", help="vidmini's --dtype for every answer (auto: float32 here)")
+    parser.add_argument("--quantize", default="auto",
+                        help="vidmini's --quantize (auto: int8 weights for a model that declares them on CPU, as the demo)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="combine the JSON reports of runs made in parallel (e.g. one per needle length) into OUT")
     args = parser.parse_args(argv)
@@ -220,11 +224,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(int(os.environ.get("VIDMINI_BENCH_THREADS", "2")))
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "torch_threads": torch.get_num_threads()},
-              "model": args.model, "prefusion_tokens": args.prefusion_tokens, "dtype": args.dtype}
+              "model": args.model, "prefusion_tokens": args.prefusion_tokens, "dtype": args.dtype,
+              "quantize": args.quantize}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        model, tokenizer = load_demo(args.model, args.dtype)
+        model, tokenizer = load_demo(args.model, args.dtype, args.quantize)
         report["load_s"] = round(time.monotonic() - t0, 1)
         report["decode_tokens_per_s"] = round(decode_speed(model, tokenizer), 1)
         print(f"decode: {report['decode_tokens_per_s']} tokens/s", flush=True)
@@ -236,7 +241,7 @@ def main(argv=None) -> None:
         lengths = [int(x) for x in args.needle_lengths.split(",") if x]
         positions = [float(x) for x in args.needle_positions.split(",") if x]
         report["needle"] = part_needle(lengths, positions, work, args.model, prefusion_tokens=args.prefusion_tokens,
-                                       dtype=args.dtype) \
+                                       dtype=args.dtype, quantize=args.quantize) \
             if lengths else []
     write_report(report, args.out)
 

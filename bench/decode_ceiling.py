@@ -12,7 +12,9 @@ every row alike (best round counts):
   tokens/s decode would reach with zero overhead outside the matrix products (float32, and float16 copies);
 - what-if float16: the engine's decode with every LLM linear layer reading float16 copies of its weights
   (activations rounded to float16 at each product): how much lower precision would buy end to end. Not what
-  vidmini runs: its answers are not measured here.
+  vidmini runs: its answers are not measured here;
+- engine int8: the engine with `--quantize 8bit`'s int8 weights (vidmini.families.int8_cpu), what `vidmini ask
+  --model demo` runs on a CPU by default (its answers: bench/accuracy.py).
 
 Prints a table; saves bench/results/decode_ceiling.json.
 """
@@ -95,7 +97,8 @@ def main() -> None:
     args = parser.parse_args()
 
     machine = cpu_info()  # the load average before this run adds its own
-    model, tokenizer = load_demo("demo")
+    model, tokenizer = load_demo("demo", quantize="none")
+    narrow, _ = load_demo("demo", quantize="8bit")
     linears = llm_linears(model)
     weights = [m.weight.detach() for m in linears]
     halves = [w.half() for w in weights]  # made once: the fp16 ceiling and the what-if read the same copies
@@ -105,6 +108,7 @@ def main() -> None:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             runs.setdefault(f"engine fp32, {threads} thread(s)", []).append(decode_speed(model, tokenizer))
+            runs.setdefault(f"engine int8, {threads} thread(s)", []).append(decode_speed(narrow, tokenizer))
             runs.setdefault(f"ceiling fp32, {threads} thread(s)", []).append(1e3 / streamed_ms(weights))
             runs.setdefault(f"ceiling fp16, {threads} thread(s)", []).append(1e3 / streamed_ms(halves))
             with HalfWeights(linears, halves):

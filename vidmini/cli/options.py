@@ -32,6 +32,7 @@ class DtypeChoice(str, Enum):
 
 
 class QuantizeChoice(str, Enum):
+    auto = "auto"
     none = "none"
     bit8 = "8bit"
     bit4 = "4bit"
@@ -68,7 +69,10 @@ def _check_device(value: str) -> str:
 
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.", callback=_check_device)
 DtypeOpt = typer.Option(DtypeChoice.auto, "--dtype", help="auto = float16 on GPU, float32 on CPU.")
-QuantizeOpt = typer.Option(QuantizeChoice.none, "--quantize", help="bitsandbytes, CUDA only. Vision parts stay full precision.")
+QuantizeOpt = typer.Option(
+    QuantizeChoice.auto, "--quantize",
+    help="Narrow the LLM's weights. GPU: bitsandbytes 8bit/4bit. CPU: 8bit = int8 weights (decode ~1.7x faster). "
+         "auto = 8bit on CPU for the demo model (its answers measured to hold), none otherwise. Vision stays full.")
 # The options `ask` and `summarize` share, declared once.
 BatchSizeOpt = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory).")
 MaxNewTokensOpt = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer, in tokens.")

@@ -208,11 +208,12 @@ def dry_run(model_id: str, video: str, sampling, dtype: str, quantize: str, devi
 
     from vidmini.families.checkpoint_files import model_type
     from vidmini.families.registry import family
-    from vidmini.families.loading import LoadOptions, locate_checkpoint, pick_device, pick_dtype
+    from vidmini.families.loading import LoadOptions, locate_checkpoint, pick_device, pick_dtype, resolve_quantize
     from vidmini.inputs.sources import image_size, is_image, plan_video
 
-    options = LoadOptions(model_id, device, dtype, quantize, tokens_per_frame=tokens_per_frame)
     path = locate_checkpoint(model_id, weights=False)
+    options = resolve_quantize(LoadOptions(model_id, device, dtype, quantize, tokens_per_frame=tokens_per_frame), path)
+    quantize = options.quantize
     found = family(model_type(path))
     if is_image(video):
         wanted, duration, display = 1, None, image_size(video)

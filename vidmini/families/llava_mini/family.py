@@ -156,7 +156,8 @@ class LlavaMini(Family):
 
         from vidmini.families.llava_mini.llava_mini import LlavaMiniForCausalLM
 
-        quant = quantization_config(options.quantize, dtype)
+        cpu_int8 = options.quantize == "8bit" and device == "cpu"
+        quant = None if cpu_int8 else quantization_config(options.quantize, dtype)
         try:
             extra = {"quantization_config": quant, "device_map": {"": device}} if quant else {}
             model = LlavaMiniForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
@@ -166,6 +167,8 @@ class LlavaMini(Family):
             raise ModelLoadError(f"model {options.model} could not be loaded: {str(err).splitlines()[0]}")
         if not quant:
             model.to(device)
+        if cpu_int8:
+            quantize_on_cpu(model)
         if options.vision_fp32:
             model.model.vision_tower.to(torch.float32)
         try:
@@ -194,6 +197,16 @@ class LlavaMini(Family):
         return max(len(build_prompt_ids(tokenizer, q)) for q in questions or [""])
 
 
+def quantize_on_cpu(model) -> None:
+    """--quantize 8bit on a CPU: the parts bitsandbytes narrows on a GPU (the LLM's layers and pre-fusion), plus
+    the output head, the largest matrix a decode step reads, in weight-only int8 (vidmini.families.int8_cpu)."""
+    from vidmini.families.int8_cpu import Int8Linear, check_kernel, quantize_linears
+
+    check_kernel()
+    quantize_linears([model.model.layers, model.model.prefusion_layers])
+    model.lm_head = Int8Linear(model.lm_head)  # untied from the embedding, which lookups keep reading in full
+
+
 def quantization_config(quantize: str, dtype):
     """bitsandbytes' config for --quantize; the vision parts and the compressor stay in full precision, as the
     reference's --load-8bit does."""
@@ -204,7 +217,8 @@ def quantization_config(quantize: str, dtype):
     from transformers import BitsAndBytesConfig
 
     if not torch.cuda.is_available():
-        raise ModelLoadError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); none is available")
+        raise ModelLoadError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); none is available "
+                             "(on a CPU, --quantize 8bit runs vidmini's own int8 weights)")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(f"--quantize {quantize} needs bitsandbytes: pip install 'vidmini[quantize]'")
     keep = ["vision_tower", "compressor", "mm_projector", "lm_head"]
@@ -213,7 +227,7 @@ def quantization_config(quantize: str, dtype):
     if quantize == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                   llm_int8_skip_modules=keep)
-    raise ModelLoadError(f"unknown --quantize {quantize!r}; use none, 8bit or 4bit")
+    raise ModelLoadError(f"unknown --quantize {quantize!r}; use auto, none, 8bit or 4bit")
 
 
 FAMILY = LlavaMini()
