@@ -339,7 +339,7 @@ def test_summarize_records_carry_evidence_and_the_markdown_links_to_it(spotlight
     assert len(found) == 1 and 40.0 <= found[0]["start_s"] <= found[0]["end_s"] < 43.0
     start, end = found[0]["start_s"], found[0]["end_s"]
     link = f"#t={start:g}" + (f",{end:g}" if end > start else "")
-    assert f"*Evidence:* [0:40" in md.read_text() and f"{videos['cfr']}{link}>)" in md.read_text()
+    assert "*Evidence:* [0:40" in md.read_text() and f"{videos['cfr']}{link}>)" in md.read_text()
 
 
 def test_relevance_is_the_answers_attention_averaged_over_layers():
