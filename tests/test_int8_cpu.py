@@ -83,9 +83,12 @@ def test_8bit_on_cpu_narrows_the_llm_and_keeps_vision_full(tiny_checkpoint):
     assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())  # int8 rounding, not another model
 
 
-def test_auto_is_what_the_checkpoint_declares_on_a_cpu(tiny_checkpoint, tmp_path):
+def test_auto_is_what_the_checkpoint_declares_on_a_cpu(tiny_checkpoint, tmp_path, monkeypatch):
     from vidmini.errors import ModelLoadError
+    from vidmini.families import loading
     from vidmini.families.loading import LoadOptions, resolve_quantize
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
@@ -94,6 +97,10 @@ def test_auto_is_what_the_checkpoint_declares_on_a_cpu(tiny_checkpoint, tmp_path
     (folder / "config.json").write_text(json.dumps({**config, "cpu_quantize": "8bit"}))
     assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="auto")).quantize == "8bit"
     assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="none")).quantize == "none"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")  # no vector kernels: slower
+    assert not loading.int8_is_fast()
+    assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="auto")).quantize == "none"
+    assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="8bit")).quantize == "8bit"
     (folder / "config.json").write_text(json.dumps({**config, "cpu_quantize": "2bit"}))
     with pytest.raises(ModelLoadError, match="cpu_quantize '2bit'"):
         resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="auto"))

@@ -44,10 +44,11 @@ QUANTIZE_CHOICES = ("auto", "none", "8bit", "4bit")
 
 
 def resolve_quantize(options: LoadOptions, folder: str | None = None) -> LoadOptions:
-    """`options` with --quantize auto made concrete: on a CPU, what the checkpoint's config.json declares under
-    `cpu_quantize` (the demo model's "8bit": its answers were measured to hold with int8 weights, and decode runs
-    ~1.7x faster); "none" on a GPU and for every checkpoint that declares nothing. `folder`: one holding the
-    config.json, when the caller has it."""
+    """`options` with --quantize auto made concrete: on a CPU with AVX2 or AVX512, what the checkpoint's config.json
+    declares under `cpu_quantize` (the demo model's "8bit": its answers were measured to hold with int8 weights,
+    and decode runs ~1.5x faster); "none" on a GPU, on CPUs without those vector units (there the int8 kernel is
+    slower than float32: vidmini.families.int8_cpu) and for every checkpoint that declares nothing. `folder`: one
+    holding the config.json, when the caller has it."""
     if options.quantize not in QUANTIZE_CHOICES:
         raise ModelLoadError(f"unknown --quantize {options.quantize!r}; use {', '.join(QUANTIZE_CHOICES)}")
     if options.quantize != "auto":
@@ -58,7 +59,17 @@ def resolve_quantize(options: LoadOptions, folder: str | None = None) -> LoadOpt
             declared = json.load(f).get("cpu_quantize", "none")
         if declared not in ("none", "8bit"):
             raise ModelLoadError(f"model {options.model} declares cpu_quantize {declared!r}; vidmini knows none, 8bit")
+        if declared == "8bit" and not int8_is_fast():
+            declared = "none"
     return dataclasses.replace(options, quantize=declared)
+
+
+def int8_is_fast() -> bool:
+    """Whether torch dispatches this CPU's kernels to AVX2 or AVX512 code, where its int8 weight-only kernel was
+    measured faster than float32 (bench/decode_ceiling.py); with plain code it is 2x slower."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 def locate_checkpoint(model_id: str, weights: bool = True) -> str:
