@@ -6,9 +6,9 @@ step) runs torch's int8 weight-only kernel with bfloat16 activations; a product 
 is bound by arithmetic instead, so the layer's weights are expanded to the activations' dtype for one ordinary
 matrix product: the same int8 weights either way, no second copy kept.
 
-The kernel is torch's internal `aten::_weight_int8pack_mm` (what gpt-fast's int8 path calls); it is reached here
-only, and `check_kernel` proves it present and right on a small product before any model is changed, so a torch
-release that drops or changes it fails at load with a one-line message instead of answering wrongly.
+The kernel is torch's internal `aten::_weight_int8pack_mm`, reached through vidmini.infra.internals like every private
+name; `check_kernel` proves it present and right on a small product before any model is changed, so a torch release
+that drops or changes it fails at load with a one-line message instead of answering wrongly.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidmini.errors import ModelLoadError
+from vidmini.infra.internals import InternalsChanged, int8_weight_matmul
 
 FEW_ROWS = 16  # up to this many rows (decode steps, a question's few tokens): the int8 kernel
 
 
 def _int8_mm(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x [n, in] bfloat16 @ (weight [out, in] int8 * scales [out])^T -> [n, out] bfloat16."""
-    return torch._weight_int8pack_mm(x, weight, scales)
+    return int8_weight_matmul()(x, weight, scales)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,7 @@ def check_kernel() -> None:
     expected = F.linear(x, layer.weight.float() * layer.scales[:, None])  # [2, 48]
     try:
         got = layer(x)  # 2 rows: the kernel's path
-    except (AttributeError, RuntimeError, NotImplementedError) as err:
+    except (InternalsChanged, AttributeError, RuntimeError, NotImplementedError) as err:
         raise ModelLoadError(f"--quantize 8bit on CPU needs torch's int8 weight-only kernel, which this torch "
                              f"({torch.__version__}) lacks ({type(err).__name__}); use --quantize none")
     if not torch.allclose(got, expected, rtol=0.02, atol=0.05 * float(expected.abs().max())):

@@ -117,3 +117,16 @@ def dump_memory_history(path: str) -> None:
     """Write the history as a pickle, and stop recording."""
     _cuda_memory("_dump_snapshot")(path)
     _cuda_memory("_record_memory_history")(enabled=None)
+
+
+def int8_weight_matmul():
+    """torch's int8 weight-only product, x [n, in] bfloat16 @ (weight [out, in] int8 * scales [out] bfloat16)^T
+    (`aten::_weight_int8pack_mm`, what gpt-fast's int8 path calls): --quantize 8bit on a CPU
+    (vidmini.families.int8_cpu checks its products at load)."""
+    import torch
+
+    function = getattr(torch, "_weight_int8pack_mm", None)
+    if function is None:
+        raise InternalsChanged(f"torch {torch.__version__} has no _weight_int8pack_mm (--quantize 8bit on a CPU "
+                               "runs its int8 weights with it); use --quantize none or pin the tested torch version")
+    return function
