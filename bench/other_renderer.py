@@ -1,6 +1,6 @@
 """Does the demo model depend on vidmini's own renderer? Clips drawn by this file's code alone, asked in other words.
 
-    python bench/other_renderer.py [--clips 48] [--sequences 12] [--needles 1200:4,3600:2] [--model demo]
+    python bench/other_renderer.py [--clips 48] [--sequences 12] [--needles 1200:4,3600:2] [--model demo] [--quantize auto]
                                    [--seed 5000] [--out bench/results/other_renderer]
 
 Nothing here comes from vidmini.demo's renderer, clips or question templates: items are drawn with PIL primitives
@@ -257,6 +257,7 @@ def main(argv=None) -> None:
     parser.add_argument("--needles", default="1200:4,3600:2", help="LENGTH_S:COUNT,... (empty: none)")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--seed", type=int, default=5000)
+    parser.add_argument("--quantize", default="auto", help="vidmini's --quantize (auto: what `vidmini ask` runs)")
     parser.add_argument("--out", default=str(ROOT / "bench/results/other_renderer"))
     args = parser.parse_args(argv)
     import torch
@@ -264,7 +265,7 @@ def main(argv=None) -> None:
     from vidmini.families.loading import LoadOptions, load_model
     from vidmini.jobs.ask import Sampling, run_ask
 
-    model, tokenizer = load_model(LoadOptions(model=args.model, device="cpu"))
+    model, tokenizer = load_model(LoadOptions(model=args.model, device="cpu", quantize=args.quantize))
     rng = random.Random(args.seed)
     rows = []
 
@@ -307,7 +308,7 @@ def main(argv=None) -> None:
     lines += [f"{k:22s} {v['right']:5d}/{v['asked']:<5d} {v['right'] / v['asked']:7.1%}" for k, v in summary.items()]
     lines += ["digits and words by font: " + ", ".join(f"{f} {sum(v)}/{len(v)}" for f, v in sorted(by_font.items()))]
     print("\n".join(lines))
-    report = {"command": "python bench/other_renderer.py " + " ".join(argv or sys.argv[1:]), "model": args.model,
+    report = {"command": "python bench/other_renderer.py " + " ".join(argv or sys.argv[1:]), "model": args.model, "quantize": args.quantize,
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                           "torch_threads": torch.get_num_threads()},
               "summary": summary, "by_font": {f: [sum(v), len(v)] for f, v in by_font.items()}, "rows": rows}
