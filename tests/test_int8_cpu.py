@@ -47,6 +47,14 @@ def test_both_paths_compute_the_product_of_the_int8_weights(rows):
         assert torch.allclose(got, expected, rtol=0.02, atol=0.02 * float(expected.abs().max()))
 
 
+def test_a_layer_with_a_bias_is_refused_in_one_line():
+    from vidmini.errors import ModelLoadError
+    from vidmini.families.int8_cpu import Int8Linear
+
+    with pytest.raises(ModelLoadError, match="use --quantize none"):
+        Int8Linear(nn.Linear(8, 4, bias=True))
+
+
 def test_a_missing_kernel_fails_at_load_with_one_line(monkeypatch):
     from vidmini.errors import ModelLoadError
     from vidmini.families import int8_cpu

@@ -41,7 +41,8 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         if linear.bias is not None:
-            raise ValueError("Int8Linear holds bias-free layers (the Llama LLM's are)")
+            raise ModelLoadError("--quantize 8bit on a CPU narrows bias-free layers only (Llama's are), and this model's "
+                                 "LLM has biases; use --quantize none")
         weight, scales = quantize_rows(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # parameters (frozen), not buffers: the memory report counts a model's weights by its parameters
