@@ -41,7 +41,11 @@ def cpu_info() -> dict:
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     simd = sorted(f for f in set(flags) if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "f16c"})
-    return {"cpu": name or platform.processor(), "simd": simd, "cores": os.cpu_count(),
+    import torch
+
+    # the kernels torch dispatches to: ATEN_CPU_CAPABILITY=avx2 runs the AVX2 ones on an AVX512 CPU
+    return {"cpu": name or platform.processor(), "simd": simd, "torch_kernels": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(),
             "load_avg_1min_at_start": os.getloadavg()[0]}
 
 
