@@ -308,7 +308,8 @@ def main(argv=None) -> None:
     lines += [f"{k:22s} {v['right']:5d}/{v['asked']:<5d} {v['right'] / v['asked']:7.1%}" for k, v in summary.items()]
     lines += ["digits and words by font: " + ", ".join(f"{f} {sum(v)}/{len(v)}" for f, v in sorted(by_font.items()))]
     print("\n".join(lines))
-    report = {"command": "python bench/other_renderer.py " + " ".join(argv or sys.argv[1:]), "model": args.model, "quantize": args.quantize,
+    report = {"command": "python bench/other_renderer.py " + " ".join(argv or sys.argv[1:]), "model": args.model,
+              "quantize": args.quantize,
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                           "torch_threads": torch.get_num_threads()},
               "summary": summary, "by_font": {f: [sum(v), len(v)] for f, v in by_font.items()}, "rows": rows}

@@ -90,7 +90,7 @@ def test_8bit_on_cpu_narrows_the_llm_and_keeps_vision_full(tiny_checkpoint):
 
 def test_auto_is_what_the_checkpoint_declares_on_a_cpu(tiny_checkpoint, tmp_path, monkeypatch):
     from vidmini.errors import ModelLoadError
-    from vidmini.families import loading
+    from vidmini.families.int8_cpu import kernel_is_fast
     from vidmini.families.loading import LoadOptions, resolve_quantize
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
@@ -103,7 +103,7 @@ def test_auto_is_what_the_checkpoint_declares_on_a_cpu(tiny_checkpoint, tmp_path
     assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="auto")).quantize == "8bit"
     assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="none")).quantize == "none"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")  # no vector kernels: slower
-    assert not loading.int8_is_fast()
+    assert not kernel_is_fast()
     assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="auto")).quantize == "none"
     assert resolve_quantize(LoadOptions(model=str(folder), device="cpu", quantize="8bit")).quantize == "8bit"
     (folder / "config.json").write_text(json.dumps({**config, "cpu_quantize": "2bit"}))

@@ -71,7 +71,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N.",
 DtypeOpt = typer.Option(DtypeChoice.auto, "--dtype", help="auto = float16 on GPU, float32 on CPU.")
 QuantizeOpt = typer.Option(
     QuantizeChoice.auto, "--quantize",
-    help="Narrow the LLM's weights. GPU: bitsandbytes 8bit/4bit. CPU: 8bit = int8 weights (decode ~1.7x faster). "
+    help="Narrow the LLM's weights. GPU: bitsandbytes 8bit/4bit. CPU: 8bit = int8 weights (decode ~1.5x faster). "
          "auto = 8bit on CPU for the demo model (its answers measured to hold), none otherwise. Vision stays full.")
 # The options `ask` and `summarize` share, declared once.
 BatchSizeOpt = typer.Option(None, "--batch-size", min=1, help="Frames per vision batch (default: from free memory).")

@@ -59,17 +59,11 @@ def resolve_quantize(options: LoadOptions, folder: str | None = None) -> LoadOpt
             declared = json.load(f).get("cpu_quantize", "none")
         if declared not in ("none", "8bit"):
             raise ModelLoadError(f"model {options.model} declares cpu_quantize {declared!r}; vidmini knows none, 8bit")
-        if declared == "8bit" and not int8_is_fast():
-            declared = "none"
+        if declared == "8bit":
+            from vidmini.families.int8_cpu import kernel_is_fast
+
+            declared = "8bit" if kernel_is_fast() else "none"
     return dataclasses.replace(options, quantize=declared)
-
-
-def int8_is_fast() -> bool:
-    """Whether torch dispatches this CPU's kernels to AVX2 or AVX512 code, where its int8 weight-only kernel was
-    measured faster than float32 (bench/decode_ceiling.py); with plain code it is 2x slower."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
 def locate_checkpoint(model_id: str, weights: bool = True) -> str:
